@@ -1,0 +1,24 @@
+# The two commands of the README: `make pipeline` and `make test`.
+# Both build .venv from requirements.txt on first use (and again when it changes).
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/pipeline/tiny.py
+
+.PHONY: test pipeline lint venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest -q -n 2 tests
+
+pipeline: venv
+	$(PY) -m scripts.pipeline --config $(CONFIG)
