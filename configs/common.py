@@ -9,62 +9,142 @@ import ml_collections
 # Named model sizes. d_ff of the SwiGLU MLP is ~8/3·d (three matrices instead of two).
 MODEL_SIZES = {
     # CPU laptop default: ~1.3M parameters, trains in minutes on 2 cores.
-    "tiny": dict(vocab_size=2048, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32,
-                 d_ff=352, max_seq_len=256),
+    "tiny": dict(
+        vocab_size=2048,
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=32,
+        d_ff=352,
+        max_seq_len=256,
+    ),
     # Unit tests: compiles in about a second.
-    "test": dict(vocab_size=320, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
-                 d_ff=64, max_seq_len=64),
+    "test": dict(
+        vocab_size=320,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=8,
+        d_ff=64,
+        max_seq_len=64,
+    ),
     # ~20M parameters (benchmarks against PyTorch on CPU).
-    "20m": dict(vocab_size=8192, d_model=384, n_layers=6, n_heads=6, n_kv_heads=6, head_dim=64,
-                d_ff=1024, max_seq_len=512),
-    "125m": dict(vocab_size=32000, d_model=768, n_layers=12, n_heads=12, n_kv_heads=12,
-                 head_dim=64, d_ff=2048, max_seq_len=2048),
+    "20m": dict(
+        vocab_size=8192,
+        d_model=384,
+        n_layers=6,
+        n_heads=6,
+        n_kv_heads=6,
+        head_dim=64,
+        d_ff=1024,
+        max_seq_len=512,
+    ),
+    "125m": dict(
+        vocab_size=32000,
+        d_model=768,
+        n_layers=12,
+        n_heads=12,
+        n_kv_heads=12,
+        head_dim=64,
+        d_ff=2048,
+        max_seq_len=2048,
+    ),
     # Llama-3.2-1B shapes with a 32k vocabulary.
-    "1b": dict(vocab_size=32000, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64,
-               d_ff=8192, max_seq_len=2048, rope_theta=500000.0, tie_embeddings=True),
+    "1b": dict(
+        vocab_size=32000,
+        d_model=2048,
+        n_layers=16,
+        n_heads=32,
+        n_kv_heads=8,
+        head_dim=64,
+        d_ff=8192,
+        max_seq_len=2048,
+        rope_theta=500000.0,
+        tie_embeddings=True,
+    ),
     # Llama-2-7B shapes.
-    "7b": dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32,
-               head_dim=128, d_ff=11008, max_seq_len=4096),
+    "7b": dict(
+        vocab_size=32000,
+        d_model=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=32,
+        head_dim=128,
+        d_ff=11008,
+        max_seq_len=4096,
+    ),
     # GPT-3 175B shapes (Brown et al. 2020, table 2.1). GPT-3's MLP has two d×4d matrices; the
     # SwiGLU here has three, so d_ff = 2/3·4d keeps the parameter count (174.6B).
-    "gpt3_175b": dict(vocab_size=50257, d_model=12288, n_layers=96, n_heads=96, n_kv_heads=96,
-                      head_dim=128, d_ff=32768, max_seq_len=2048),
+    "gpt3_175b": dict(
+        vocab_size=50257,
+        d_model=12288,
+        n_layers=96,
+        n_heads=96,
+        n_kv_heads=96,
+        head_dim=128,
+        d_ff=32768,
+        max_seq_len=2048,
+    ),
 }
 
 
 def model_config(size: str, **overrides) -> ml_collections.ConfigDict:
-  if size not in MODEL_SIZES:
-    raise ValueError(f"unknown model size {size!r}; known: {sorted(MODEL_SIZES)}")
-  cfg = dict(rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=False, qkv_bias=False,
-             compute_dtype="float32", remat_policy="none", scan_layers=True)
-  cfg.update(MODEL_SIZES[size])
-  cfg.update(overrides)
-  return ml_collections.ConfigDict(cfg)
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; known: {sorted(MODEL_SIZES)}")
+    cfg = dict(
+        rope_theta=10000.0,
+        norm_eps=1e-5,
+        tie_embeddings=False,
+        qkv_bias=False,
+        compute_dtype="float32",
+        remat_policy="none",
+        scan_layers=True,
+    )
+    cfg.update(MODEL_SIZES[size])
+    cfg.update(overrides)
+    return ml_collections.ConfigDict(cfg)
 
 
 def mesh_config(data=1, fsdp=-1, tensor=1) -> ml_collections.ConfigDict:
-  """Mesh sizes (one may be -1: all remaining devices) and logical-rule overrides."""
-  return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor, rules={}))
+    """Mesh sizes (one may be -1: all remaining devices) and logical-rule overrides."""
+    return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor, rules={}))
 
 
 def optim_config(**overrides) -> ml_collections.ConfigDict:
-  cfg = dict(
-      lr=3e-3, warmup_steps=50, min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
-      clip_norm=1.0, grad_accum=1, adam_style="pytorch",
-  )
-  cfg.update(overrides)
-  return ml_collections.ConfigDict(cfg)
+    cfg = dict(
+        lr=3e-3,
+        warmup_steps=50,
+        min_lr_ratio=0.1,
+        b1=0.9,
+        b2=0.95,
+        eps=1e-8,
+        weight_decay=0.1,
+        clip_norm=1.0,
+        grad_accum=1,
+        adam_style="pytorch",
+    )
+    cfg.update(overrides)
+    return ml_collections.ConfigDict(cfg)
 
 
 def train_config(**overrides) -> ml_collections.ConfigDict:
-  cfg = dict(
-      steps=1000, log_every=10, eval_every=200, eval_batches=8, ckpt_every=200, keep_ckpts=2,
-      sample_every=0, sample_tokens=48, async_checkpoint=True,
-  )
-  cfg.update(overrides)
-  return ml_collections.ConfigDict(cfg)
+    cfg = dict(
+        steps=1000,
+        log_every=10,
+        eval_every=200,
+        eval_batches=8,
+        ckpt_every=200,
+        keep_ckpts=2,
+        sample_every=0,
+        sample_tokens=48,
+        async_checkpoint=True,
+    )
+    cfg.update(overrides)
+    return ml_collections.ConfigDict(cfg)
 
 
 def lock(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  cfg.lock()
-  return cfg
+    cfg.lock()
+    return cfg

@@ -14,71 +14,74 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  vocab_size: int
-  d_model: int
-  n_layers: int
-  n_heads: int
-  n_kv_heads: int
-  head_dim: int
-  d_ff: int
-  max_seq_len: int
-  rope_theta: float = 10000.0
-  norm_eps: float = 1e-5
-  tie_embeddings: bool = False
-  qkv_bias: bool = False
-  compute_dtype: str = "float32"
-  remat_policy: str = "none"
-  scan_layers: bool = True
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_ff: int
+    max_seq_len: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+    compute_dtype: str = "float32"
+    remat_policy: str = "none"
+    scan_layers: bool = True
 
-  def __post_init__(self):
-    if self.n_heads % self.n_kv_heads:
-      raise ValueError(
-          f"model.n_heads={self.n_heads} must be a multiple of model.n_kv_heads={self.n_kv_heads}"
-      )
-    if self.head_dim % 2:
-      raise ValueError(f"model.head_dim={self.head_dim} must be even for RoPE")
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"model.remat_policy={self.remat_policy!r} not in {REMAT_POLICIES}")
-    if self.compute_dtype not in DTYPES:
-      raise ValueError(f"model.compute_dtype={self.compute_dtype!r} not in {tuple(DTYPES)}")
+    def __post_init__(self):
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"model.n_heads={self.n_heads} must be a multiple of "
+                f"model.n_kv_heads={self.n_kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"model.head_dim={self.head_dim} must be even for RoPE")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"model.remat_policy={self.remat_policy!r} not in {REMAT_POLICIES}")
+        if self.compute_dtype not in DTYPES:
+            raise ValueError(f"model.compute_dtype={self.compute_dtype!r} not in {tuple(DTYPES)}")
 
-  @classmethod
-  def from_config(cls, cfg) -> "ModelConfig":
-    """Builds from a ConfigDict (or dict) holding exactly the dataclass fields."""
-    values = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-      raise ValueError(f"unknown model config keys: {', '.join('model.' + k for k in unknown)}")
-    return cls(**values)
+    @classmethod
+    def from_config(cls, cfg) -> "ModelConfig":
+        """Builds from a ConfigDict (or dict) holding exactly the dataclass fields."""
+        values = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(
+                f"unknown model config keys: {', '.join('model.' + k for k in unknown)}"
+            )
+        return cls(**values)
 
-  @property
-  def dtype(self):
-    return DTYPES[self.compute_dtype]
+    @property
+    def dtype(self):
+        return DTYPES[self.compute_dtype]
 
-  def param_count(self, head: str = "lm") -> int:
-    """Exact number of parameters of `Transformer(self, head)`."""
-    d, h = self.d_model, self.head_dim
-    attn = d * h * (2 * self.n_heads + 2 * self.n_kv_heads)
-    if self.qkv_bias:
-      attn += h * (self.n_heads + 2 * self.n_kv_heads)
-    per_layer = attn + 3 * d * self.d_ff + 2 * d
-    total = self.vocab_size * d + self.n_layers * per_layer + d
-    if head == "lm":
-      total += 0 if self.tie_embeddings else d * self.vocab_size
-    else:
-      total += d + 1
-    return total
+    def param_count(self, head: str = "lm") -> int:
+        """Exact number of parameters of `Transformer(self, head)`."""
+        d, h = self.d_model, self.head_dim
+        attn = d * h * (2 * self.n_heads + 2 * self.n_kv_heads)
+        if self.qkv_bias:
+            attn += h * (self.n_heads + 2 * self.n_kv_heads)
+        per_layer = attn + 3 * d * self.d_ff + 2 * d
+        total = self.vocab_size * d + self.n_layers * per_layer + d
+        if head == "lm":
+            total += 0 if self.tie_embeddings else d * self.vocab_size
+        else:
+            total += d + 1
+        return total
 
-  def flops_per_token(self, seq_len: int, causal: bool = True) -> float:
-    """Training FLOPs per token: 6·N (matmul parameters) + attention scores and values.
+    def flops_per_token(self, seq_len: int, causal: bool = True) -> float:
+        """Training FLOPs per token: 6·N (matmul parameters) + attention scores and values.
 
-    N excludes the embedding lookup (no matmul) but includes the LM head. Attention adds
-    12·n_layers·n_heads·head_dim·seq_len per token (forward 4·, backward 8·; PaLM appendix B),
-    halved when causal because only the lower triangle is computed by a fused kernel.
-    """
-    n_matmul = self.param_count("lm") - self.vocab_size * self.d_model
-    if self.tie_embeddings:
-      n_matmul += self.vocab_size * self.d_model
-    attn = 12 * self.n_layers * self.n_heads * self.head_dim * seq_len
-    return 6.0 * n_matmul + (attn / 2 if causal else attn)
+        N excludes the embedding lookup (no matmul) but includes the LM head. Attention adds
+        12·n_layers·n_heads·head_dim·seq_len per token (forward 4·, backward 8·; PaLM appendix B),
+        halved when causal because only the lower triangle is computed by a fused kernel.
+        """
+        n_matmul = self.param_count("lm") - self.vocab_size * self.d_model
+        if self.tie_embeddings:
+            n_matmul += self.vocab_size * self.d_model
+        attn = 12 * self.n_layers * self.n_heads * self.head_dim * seq_len
+        return 6.0 * n_matmul + (attn / 2 if causal else attn)

@@ -39,90 +39,94 @@ RULES = (
 
 
 def make_rules(overrides=None) -> tuple:
-  """RULES with entries replaced by `overrides` (a dict or pairs: logical name -> mesh axes)."""
-  overrides = dict(overrides or {})
-  names = {name for name, _ in RULES}
-  unknown = sorted(set(overrides) - names)
-  if unknown:
-    raise ValueError(f"mesh.rules: unknown logical axis names {unknown}; known: {sorted(names)}")
-  for name, axes in overrides.items():
-    for axis in (axes,) if isinstance(axes, str) or axes is None else axes:
-      if axis is not None and axis not in MESH_AXES:
-        raise ValueError(f"mesh.rules[{name!r}]: {axis!r} is not a mesh axis {MESH_AXES}")
-  return tuple((name, _as_axes(overrides.get(name, axes))) for name, axes in RULES)
+    """RULES with entries replaced by `overrides` (a dict or pairs: logical name -> mesh axes)."""
+    overrides = dict(overrides or {})
+    names = {name for name, _ in RULES}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(
+            f"mesh.rules: unknown logical axis names {unknown}; known: {sorted(names)}"
+        )
+    for name, axes in overrides.items():
+        for axis in (axes,) if isinstance(axes, str) or axes is None else axes:
+            if axis is not None and axis not in MESH_AXES:
+                raise ValueError(f"mesh.rules[{name!r}]: {axis!r} is not a mesh axis {MESH_AXES}")
+    return tuple((name, _as_axes(overrides.get(name, axes))) for name, axes in RULES)
 
 
 def _as_axes(axes):
-  return tuple(axes) if isinstance(axes, list) else axes
+    return tuple(axes) if isinstance(axes, list) else axes
 
 
 def mesh_shape(sizes: dict, n_devices: int) -> tuple[int, int, int]:
-  """Resolves {"data": 1, "fsdp": -1, "tensor": 1}; one -1 takes the remaining devices."""
-  shape = [int(sizes[a]) for a in MESH_AXES]
-  wild = [i for i, s in enumerate(shape) if s == -1]
-  if len(wild) > 1 or any(s == 0 or s < -1 for s in shape):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))}: sizes must be >= 1 with one -1 at most")
-  fixed = math.prod(s for s in shape if s != -1)
-  if wild:
-    if n_devices % fixed:
-      raise ValueError(
-          f"mesh {dict(zip(MESH_AXES, shape))}: fixed axes ({fixed} devices) do not divide "
-          f"the {n_devices} available devices"
-      )
-    shape[wild[0]] = n_devices // fixed
-  if math.prod(shape) != n_devices:
-    raise ValueError(
-        f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices but "
-        f"{n_devices} are available (set one mesh axis to -1 to use them all)"
-    )
-  return tuple(shape)
+    """Resolves {"data": 1, "fsdp": -1, "tensor": 1}; one -1 takes the remaining devices."""
+    shape = [int(sizes[a]) for a in MESH_AXES]
+    wild = [i for i, s in enumerate(shape) if s == -1]
+    if len(wild) > 1 or any(s == 0 or s < -1 for s in shape):
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, shape))}: sizes must be >= 1 with one -1 at most"
+        )
+    fixed = math.prod(s for s in shape if s != -1)
+    if wild:
+        if n_devices % fixed:
+            raise ValueError(
+                f"mesh {dict(zip(MESH_AXES, shape))}: fixed axes ({fixed} devices) do not divide "
+                f"the {n_devices} available devices"
+            )
+        shape[wild[0]] = n_devices // fixed
+    if math.prod(shape) != n_devices:
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices but "
+            f"{n_devices} are available (set one mesh axis to -1 to use them all)"
+        )
+    return tuple(shape)
 
 
 def make_mesh(sizes: dict, devices=None) -> Mesh:
-  """Mesh over all (or the given) devices with Auto axis types."""
-  devices = jax.devices() if devices is None else devices
-  shape = mesh_shape(sizes, len(devices))
-  if devices is jax.devices() or len(devices) == jax.device_count():
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
-  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    """Mesh over all (or the given) devices with Auto axis types."""
+    devices = jax.devices() if devices is None else devices
+    shape = mesh_shape(sizes, len(devices))
+    if devices is jax.devices() or len(devices) == jax.device_count():
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
 @contextlib.contextmanager
 def activate(mesh: Mesh, rules):
-  """Everything traced inside sees the mesh and the logical rules (activation constraints)."""
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    yield
+    """Everything traced inside sees the mesh and the logical rules (activation constraints)."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
 
 
 def logical_shardings(boxed_tree, mesh: Mesh, rules):
-  """NamedShardings for a tree of nn.LogicallyPartitioned boxes (e.g. from eval_shape(init))."""
-  specs = nn.get_partition_spec(boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+    """NamedShardings for a tree of nn.LogicallyPartitioned boxes (e.g. from eval_shape(init))."""
+    specs = nn.get_partition_spec(boxed_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec(BATCH, *([None] * (ndim - 1))))
+    return NamedSharding(mesh, PartitionSpec(BATCH, *([None] * (ndim - 1))))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec())
+    return NamedSharding(mesh, PartitionSpec())
 
 
 def init_params(init_fn, rng, mesh: Mesh, rules):
-  """Initialises parameters directly sharded: eval_shape → shardings → jit(out_shardings).
+    """Initialises parameters directly sharded: eval_shape → shardings → jit(out_shardings).
 
-  `init_fn(rng)` returns the boxed `variables["params"]` of a Linen init. Returns
-  (params, shardings) with plain arrays (boxes removed).
-  """
-  with activate(mesh, rules):
-    boxed = jax.eval_shape(init_fn, rng)
-    shardings = nn.meta.unbox(logical_shardings(boxed, mesh, rules))
-    params = jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=shardings)(rng)
-  return params, shardings
+    `init_fn(rng)` returns the boxed `variables["params"]` of a Linen init. Returns
+    (params, shardings) with plain arrays (boxes removed).
+    """
+    with activate(mesh, rules):
+        boxed = jax.eval_shape(init_fn, rng)
+        shardings = nn.meta.unbox(logical_shardings(boxed, mesh, rules))
+        params = jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=shardings)(rng)
+    return params, shardings
 
 
 def param_shardings(init_fn, mesh: Mesh, rules):
-  """Shardings (and abstract shapes) of the parameters `init_fn` would create, no compute."""
-  with activate(mesh, rules):
-    boxed = jax.eval_shape(init_fn, jax.random.key(0))
-    return nn.meta.unbox(logical_shardings(boxed, mesh, rules)), nn.meta.unbox(boxed)
+    """Shardings (and abstract shapes) of the parameters `init_fn` would create, no compute."""
+    with activate(mesh, rules):
+        boxed = jax.eval_shape(init_fn, jax.random.key(0))
+        return nn.meta.unbox(logical_shardings(boxed, mesh, rules)), nn.meta.unbox(boxed)

@@ -29,227 +29,266 @@ _REMAT = {
 
 
 def _param(init, *names):
-  return nn.with_logical_partitioning(init, names)
+    return nn.with_logical_partitioning(init, names)
 
 
 class RMSNorm(nn.Module):
-  eps: float
-  dtype: jnp.dtype
+    eps: float
+    dtype: jnp.dtype
 
-  @nn.compact
-  def __call__(self, x):
-    scale = self.param("scale", _param(nn.initializers.ones, "norm"), (x.shape[-1],))
-    x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (x32 * scale).astype(self.dtype)
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", _param(nn.initializers.ones, "norm"), (x.shape[-1],))
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (x32 * scale).astype(self.dtype)
 
 
 def apply_rope(x_BxLxNxH, positions_BxL, theta):
-  """Rotary embedding, rotate-half convention (as Hugging Face Llama), angles in fp32."""
-  h = x_BxLxNxH.shape[-1]
-  inv_freq = theta ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)
-  angles_BxLxH2 = positions_BxL[..., None].astype(jnp.float32) * inv_freq
-  sin, cos = jnp.sin(angles_BxLxH2)[:, :, None], jnp.cos(angles_BxLxH2)[:, :, None]
-  x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
-  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return out.astype(x_BxLxNxH.dtype)
+    """Rotary embedding, rotate-half convention (as Hugging Face Llama), angles in fp32."""
+    h = x_BxLxNxH.shape[-1]
+    inv_freq = theta ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)
+    angles_BxLxH2 = positions_BxL[..., None].astype(jnp.float32) * inv_freq
+    sin, cos = jnp.sin(angles_BxLxH2)[:, :, None], jnp.cos(angles_BxLxH2)[:, :, None]
+    x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxLxNxH.dtype)
 
 
 def attention_mask(q_slots_BxL, q_segs_BxL, k_slots_BxS, k_segs_BxS):
-  """[B,1,L,S] boolean: causal over buffer slots, same segment, never padding (segment 0)."""
-  causal = k_slots_BxS[:, None, :] <= q_slots_BxL[:, :, None]
-  same = (q_segs_BxL[:, :, None] == k_segs_BxS[:, None, :]) & (k_segs_BxS[:, None, :] != 0)
-  return (causal & same)[:, None]
+    """[B,1,L,S] boolean: causal over buffer slots, same segment, never padding (segment 0)."""
+    causal = k_slots_BxS[:, None, :] <= q_slots_BxL[:, :, None]
+    same = (q_segs_BxL[:, :, None] == k_segs_BxS[:, None, :]) & (k_segs_BxS[:, None, :] != 0)
+    return (causal & same)[:, None]
 
 
 class HeadsProj(nn.Module):
-  """x[B,L,D] @ kernel[D,N,H] (+ bias[N,H]), or back with `out=True`: kernel[N,H,D].
+    """x[B,L,D] @ kernel[D,N,H] (+ bias[N,H]), or back with `out=True`: kernel[N,H,D].
 
-  A DenseGeneral whose parameters carry logical names on their real (unflattened) shape.
-  """
+    A DenseGeneral whose parameters carry logical names on their real (unflattened) shape.
+    """
 
-  cfg: ModelConfig
-  heads: int
-  heads_name: str
-  bias: bool = False
-  out: bool = False
+    cfg: ModelConfig
+    heads: int
+    heads_name: str
+    bias: bool = False
+    out: bool = False
 
-  @nn.compact
-  def __call__(self, x):
-    cfg, init = self.cfg, nn.initializers.lecun_normal(in_axis=(0, 1) if self.out else 0,
-                                                       out_axis=-1 if self.out else (1, 2))
-    if self.out:
-      shape, names, eq = (self.heads, cfg.head_dim, cfg.d_model), (self.heads_name, "head_dim",
-                                                                     "embed"), "blnh,nhd->bld"
-    else:
-      shape, names, eq = (cfg.d_model, self.heads, cfg.head_dim), ("embed", self.heads_name,
-                                                                     "head_dim"), "bld,dnh->blnh"
-    kernel = self.param("kernel", _param(init, *names), shape)
-    y = jnp.einsum(eq, x.astype(cfg.dtype), kernel.astype(cfg.dtype))
-    if self.bias:
-      y = y + self.param("bias", _param(nn.initializers.zeros, *names[1:]), shape[1:]).astype(
-          cfg.dtype)
-    return y
+    @nn.compact
+    def __call__(self, x):
+        cfg, init = (
+            self.cfg,
+            nn.initializers.lecun_normal(
+                in_axis=(0, 1) if self.out else 0, out_axis=-1 if self.out else (1, 2)
+            ),
+        )
+        if self.out:
+            shape, names, eq = (
+                (self.heads, cfg.head_dim, cfg.d_model),
+                (self.heads_name, "head_dim", "embed"),
+                "blnh,nhd->bld",
+            )
+        else:
+            shape, names, eq = (
+                (cfg.d_model, self.heads, cfg.head_dim),
+                ("embed", self.heads_name, "head_dim"),
+                "bld,dnh->blnh",
+            )
+        kernel = self.param("kernel", _param(init, *names), shape)
+        y = jnp.einsum(eq, x.astype(cfg.dtype), kernel.astype(cfg.dtype))
+        if self.bias:
+            y = y + self.param("bias", _param(nn.initializers.zeros, *names[1:]), shape[1:]).astype(
+                cfg.dtype
+            )
+        return y
 
 
 class Attention(nn.Module):
-  cfg: ModelConfig
+    cfg: ModelConfig
 
-  @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, segs_BxL, slots_BxL, kv_cache):
-    cfg = self.cfg
-    n, k_heads, bias = cfg.n_heads, cfg.n_kv_heads, cfg.qkv_bias
-    q = HeadsProj(cfg, n, "q_heads", bias, name="q_proj")(x_BxLxD)
-    k = HeadsProj(cfg, k_heads, "kv_heads", bias, name="k_proj")(x_BxLxD)
-    v = HeadsProj(cfg, k_heads, "kv_heads", bias, name="v_proj")(x_BxLxD)
-    q = apply_rope(q, positions_BxL, cfg.rope_theta)
-    k = apply_rope(k, positions_BxL, cfg.rope_theta)
-    q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "head_dim"))
-    k_slots, k_segs = slots_BxL, segs_BxL
-    if kv_cache is not None:  # write this call's keys/values at the cache index, attend to all
-      cache_k, cache_v, k_segs, index = kv_cache
-      k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
-      kv_cache = (k, v)
-      k_slots = jnp.broadcast_to(jnp.arange(k.shape[1]), k_segs.shape)
-    mask = attention_mask(slots_BxL, segs_BxL, k_slots, k_segs)
-    out_BxLxNxH = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
-    out = HeadsProj(cfg, n, "q_heads", out=True, name="o_proj")(out_BxLxNxH)
-    return out, kv_cache
+    @nn.compact
+    def __call__(self, x_BxLxD, positions_BxL, segs_BxL, slots_BxL, kv_cache):
+        cfg = self.cfg
+        n, k_heads, bias = cfg.n_heads, cfg.n_kv_heads, cfg.qkv_bias
+        q = HeadsProj(cfg, n, "q_heads", bias, name="q_proj")(x_BxLxD)
+        k = HeadsProj(cfg, k_heads, "kv_heads", bias, name="k_proj")(x_BxLxD)
+        v = HeadsProj(cfg, k_heads, "kv_heads", bias, name="v_proj")(x_BxLxD)
+        q = apply_rope(q, positions_BxL, cfg.rope_theta)
+        k = apply_rope(k, positions_BxL, cfg.rope_theta)
+        q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "head_dim"))
+        k_slots, k_segs = slots_BxL, segs_BxL
+        if kv_cache is not None:  # write this call's keys/values at the cache index, attend to all
+            cache_k, cache_v, k_segs, index = kv_cache
+            k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
+            kv_cache = (k, v)
+            k_slots = jnp.broadcast_to(jnp.arange(k.shape[1]), k_segs.shape)
+        mask = attention_mask(slots_BxL, segs_BxL, k_slots, k_segs)
+        out_BxLxNxH = jax.nn.dot_product_attention(
+            q, k.astype(q.dtype), v.astype(q.dtype), mask=mask
+        )
+        out = HeadsProj(cfg, n, "q_heads", out=True, name="o_proj")(out_BxLxNxH)
+        return out, kv_cache
 
 
 class MLP(nn.Module):
-  cfg: ModelConfig
+    cfg: ModelConfig
 
-  @nn.compact
-  def __call__(self, x_BxLxD):
-    cfg = self.cfg
-    dense = functools.partial(nn.Dense, use_bias=False, dtype=cfg.dtype)
-    init_in = _param(nn.initializers.lecun_normal(), "embed", "mlp")
-    gate = dense(cfg.d_ff, kernel_init=init_in, name="gate_proj")(x_BxLxD)
-    up = dense(cfg.d_ff, kernel_init=init_in, name="up_proj")(x_BxLxD)
-    h_BxLxF = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-    init_out = _param(nn.initializers.lecun_normal(), "mlp", "embed")
-    return dense(cfg.d_model, kernel_init=init_out, name="down_proj")(h_BxLxF)
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        cfg = self.cfg
+        dense = functools.partial(nn.Dense, use_bias=False, dtype=cfg.dtype)
+        init_in = _param(nn.initializers.lecun_normal(), "embed", "mlp")
+        gate = dense(cfg.d_ff, kernel_init=init_in, name="gate_proj")(x_BxLxD)
+        up = dense(cfg.d_ff, kernel_init=init_in, name="up_proj")(x_BxLxD)
+        h_BxLxF = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        init_out = _param(nn.initializers.lecun_normal(), "mlp", "embed")
+        return dense(cfg.d_model, kernel_init=init_out, name="down_proj")(h_BxLxF)
 
 
 class Block(nn.Module):
-  """Pre-norm residual block: x + attn(norm(x)); x + mlp(norm(x))."""
+    """Pre-norm residual block: x + attn(norm(x)); x + mlp(norm(x))."""
 
-  cfg: ModelConfig
+    cfg: ModelConfig
 
-  @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, segs_BxL, slots_BxL, kv_cache):
-    cfg = self.cfg
-    h = RMSNorm(cfg.norm_eps, cfg.dtype, name="input_layernorm")(x_BxLxD)
-    h, kv_cache = Attention(cfg, name="self_attn")(h, positions_BxL, segs_BxL, slots_BxL, kv_cache)
-    x_BxLxD = x_BxLxD + h
-    h = RMSNorm(cfg.norm_eps, cfg.dtype, name="post_attention_layernorm")(x_BxLxD)
-    x_BxLxD = x_BxLxD + MLP(cfg, name="mlp")(h)
-    x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "act_embed"))
-    return x_BxLxD, kv_cache
+    @nn.compact
+    def __call__(self, x_BxLxD, positions_BxL, segs_BxL, slots_BxL, kv_cache):
+        cfg = self.cfg
+        h = RMSNorm(cfg.norm_eps, cfg.dtype, name="input_layernorm")(x_BxLxD)
+        h, kv_cache = Attention(cfg, name="self_attn")(
+            h, positions_BxL, segs_BxL, slots_BxL, kv_cache
+        )
+        x_BxLxD = x_BxLxD + h
+        h = RMSNorm(cfg.norm_eps, cfg.dtype, name="post_attention_layernorm")(x_BxLxD)
+        x_BxLxD = x_BxLxD + MLP(cfg, name="mlp")(h)
+        x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "act_embed"))
+        return x_BxLxD, kv_cache
 
 
 class ScanBlock(nn.Module):
-  """Block in the (carry, per-layer input) -> (carry, per-layer output) form nn.scan wants."""
+    """Block in the (carry, per-layer input) -> (carry, per-layer output) form nn.scan wants."""
 
-  cfg: ModelConfig
+    cfg: ModelConfig
 
-  @nn.compact
-  def __call__(self, x_BxLxD, shared, layer_kv):
-    positions, segs, slots, cache_segs, index = shared
-    kv = None if layer_kv is None else (*layer_kv, cache_segs, index)
-    block = _maybe_remat(Block, self.cfg, scanned=True)
-    x_BxLxD, kv = block(self.cfg, name="block")(x_BxLxD, positions, segs, slots, kv)
-    return x_BxLxD, kv
+    @nn.compact
+    def __call__(self, x_BxLxD, shared, layer_kv):
+        positions, segs, slots, cache_segs, index = shared
+        kv = None if layer_kv is None else (*layer_kv, cache_segs, index)
+        block = _maybe_remat(Block, self.cfg, scanned=True)
+        x_BxLxD, kv = block(self.cfg, name="block")(x_BxLxD, positions, segs, slots, kv)
+        return x_BxLxD, kv
 
 
 def _maybe_remat(module_cls, cfg, scanned):
-  if cfg.remat_policy == "none":
-    return module_cls
-  # prevent_cse is only needed outside scan (scan already stops CSE across iterations).
-  return nn.remat(module_cls, policy=_REMAT[cfg.remat_policy], prevent_cse=not scanned)
+    if cfg.remat_policy == "none":
+        return module_cls
+    # prevent_cse is only needed outside scan (scan already stops CSE across iterations).
+    return nn.remat(module_cls, policy=_REMAT[cfg.remat_policy], prevent_cse=not scanned)
 
 
 class Transformer(nn.Module):
-  """head="lm": logits_BxLxV (fp32). head="scalar": scores_BxL (fp32, reward/value)."""
+    """head="lm": logits_BxLxV (fp32). head="scalar": scores_BxL (fp32, reward/value)."""
 
-  cfg: ModelConfig
-  head: str = "lm"
+    cfg: ModelConfig
+    head: str = "lm"
 
-  @nn.compact
-  def __call__(self, tokens_BxL, positions_BxL, segment_ids_BxL, cache: Cache | None = None):
-    cfg = self.cfg
-    embed = nn.Embed(
-        cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, name="embed_tokens",
-        embedding_init=_param(nn.initializers.normal(0.02), "vocab", "embed"),
-    )
-    x_BxLxD = nn.with_logical_constraint(embed(tokens_BxL), ("batch", "length", "act_embed"))
-    slots_BxL, kv, shared = self._slots_and_cache(positions_BxL, segment_ids_BxL, cache)
-    x_BxLxD, new_kv = self._layers(x_BxLxD, shared, kv)
-    x_BxLxD = RMSNorm(cfg.norm_eps, cfg.dtype, name="norm")(x_BxLxD)
-    out = self._head(x_BxLxD, embed)
-    if cache is None:
-      return out
-    new_cache = dict(k=new_kv[0], v=new_kv[1], segment_ids=shared[3],
-                     index=cache["index"] + tokens_BxL.shape[1])
-    return out, new_cache
+    @nn.compact
+    def __call__(self, tokens_BxL, positions_BxL, segment_ids_BxL, cache: Cache | None = None):
+        cfg = self.cfg
+        embed = nn.Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            dtype=cfg.dtype,
+            name="embed_tokens",
+            embedding_init=_param(nn.initializers.normal(0.02), "vocab", "embed"),
+        )
+        x_BxLxD = nn.with_logical_constraint(embed(tokens_BxL), ("batch", "length", "act_embed"))
+        slots_BxL, kv, shared = self._slots_and_cache(positions_BxL, segment_ids_BxL, cache)
+        x_BxLxD, new_kv = self._layers(x_BxLxD, shared, kv)
+        x_BxLxD = RMSNorm(cfg.norm_eps, cfg.dtype, name="norm")(x_BxLxD)
+        out = self._head(x_BxLxD, embed)
+        if cache is None:
+            return out
+        new_cache = dict(
+            k=new_kv[0],
+            v=new_kv[1],
+            segment_ids=shared[3],
+            index=cache["index"] + tokens_BxL.shape[1],
+        )
+        return out, new_cache
 
-  def _slots_and_cache(self, positions_BxL, segs_BxL, cache):
-    """Buffer slots are indices in the row (training) or in the KV cache (decoding)."""
-    b, length = segs_BxL.shape
-    if cache is None:
-      slots_BxL = jnp.broadcast_to(jnp.arange(length), (b, length))
-      return slots_BxL, None, (positions_BxL, segs_BxL, slots_BxL, None, None)
-    index = cache["index"]
-    slots_BxL = jnp.broadcast_to(index + jnp.arange(length), (b, length))
-    cache_segs = jax.lax.dynamic_update_slice_in_dim(cache["segment_ids"], segs_BxL, index, 1)
-    shared = (positions_BxL, segs_BxL, slots_BxL, cache_segs, index)
-    return slots_BxL, (cache["k"], cache["v"]), shared
+    def _slots_and_cache(self, positions_BxL, segs_BxL, cache):
+        """Buffer slots are indices in the row (training) or in the KV cache (decoding)."""
+        b, length = segs_BxL.shape
+        if cache is None:
+            slots_BxL = jnp.broadcast_to(jnp.arange(length), (b, length))
+            return slots_BxL, None, (positions_BxL, segs_BxL, slots_BxL, None, None)
+        index = cache["index"]
+        slots_BxL = jnp.broadcast_to(index + jnp.arange(length), (b, length))
+        cache_segs = jax.lax.dynamic_update_slice_in_dim(cache["segment_ids"], segs_BxL, index, 1)
+        shared = (positions_BxL, segs_BxL, slots_BxL, cache_segs, index)
+        return slots_BxL, (cache["k"], cache["v"]), shared
 
-  def _layers(self, x_BxLxD, shared, kv):
-    cfg = self.cfg
-    if cfg.scan_layers:
-      stack = nn.scan(
-          ScanBlock, variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=(nn.broadcast, 0), length=cfg.n_layers,
-          metadata_params={nn.PARTITION_NAME: "layers"},
-      )
-      return stack(cfg, name="layers")(x_BxLxD, shared, kv)
-    positions, segs, slots, cache_segs, index = shared
-    new_k, new_v = [], []
-    block_cls = _maybe_remat(Block, cfg, scanned=False)
-    for i in range(cfg.n_layers):
-      layer_kv = None if kv is None else (kv[0][i], kv[1][i], cache_segs, index)
-      x_BxLxD, layer_kv = block_cls(cfg, name=f"layers_{i}")(
-          x_BxLxD, positions, segs, slots, layer_kv)
-      if layer_kv is not None:
-        new_k.append(layer_kv[0])
-        new_v.append(layer_kv[1])
-    return x_BxLxD, (None if kv is None else (jnp.stack(new_k), jnp.stack(new_v)))
+    def _layers(self, x_BxLxD, shared, kv):
+        cfg = self.cfg
+        if cfg.scan_layers:
+            stack = nn.scan(
+                ScanBlock,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, 0),
+                length=cfg.n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            return stack(cfg, name="layers")(x_BxLxD, shared, kv)
+        positions, segs, slots, cache_segs, index = shared
+        new_k, new_v = [], []
+        block_cls = _maybe_remat(Block, cfg, scanned=False)
+        for i in range(cfg.n_layers):
+            layer_kv = None if kv is None else (kv[0][i], kv[1][i], cache_segs, index)
+            x_BxLxD, layer_kv = block_cls(cfg, name=f"layers_{i}")(
+                x_BxLxD, positions, segs, slots, layer_kv
+            )
+            if layer_kv is not None:
+                new_k.append(layer_kv[0])
+                new_v.append(layer_kv[1])
+        return x_BxLxD, (None if kv is None else (jnp.stack(new_k), jnp.stack(new_v)))
 
-  def _head(self, x_BxLxD, embed):
-    cfg = self.cfg
-    if self.head == "scalar":
-      score = nn.Dense(
-          1, dtype=jnp.float32, name="score",
-          kernel_init=_param(nn.initializers.normal(1.0 / (cfg.d_model + 1) ** 0.5), "embed", None),
-          bias_init=_param(nn.initializers.zeros, None),
-      )
-      return score(x_BxLxD.astype(jnp.float32))[..., 0]
-    if cfg.tie_embeddings:
-      logits = embed.attend(x_BxLxD)
-    else:
-      logits = nn.Dense(
-          cfg.vocab_size, use_bias=False, dtype=cfg.dtype, name="lm_head",
-          kernel_init=_param(nn.initializers.normal(cfg.d_model ** -0.5), "embed", "vocab"),
-      )(x_BxLxD)
-    return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
+    def _head(self, x_BxLxD, embed):
+        cfg = self.cfg
+        if self.head == "scalar":
+            score = nn.Dense(
+                1,
+                dtype=jnp.float32,
+                name="score",
+                kernel_init=_param(
+                    nn.initializers.normal(1.0 / (cfg.d_model + 1) ** 0.5), "embed", None
+                ),
+                bias_init=_param(nn.initializers.zeros, None),
+            )
+            return score(x_BxLxD.astype(jnp.float32))[..., 0]
+        if cfg.tie_embeddings:
+            logits = embed.attend(x_BxLxD)
+        else:
+            logits = nn.Dense(
+                cfg.vocab_size,
+                use_bias=False,
+                dtype=cfg.dtype,
+                name="lm_head",
+                kernel_init=_param(nn.initializers.normal(cfg.d_model**-0.5), "embed", "vocab"),
+            )(x_BxLxD)
+        return nn.with_logical_constraint(
+            logits.astype(jnp.float32), ("batch", "length", "act_vocab")
+        )
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> Cache:
-  """Empty KV cache for `length` slots; segment 0 marks slots nothing may attend to."""
-  shape = (cfg.n_layers, batch, length, cfg.n_kv_heads, cfg.head_dim)
-  dtype = dtype or cfg.dtype
-  return dict(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-              segment_ids=jnp.zeros((batch, length), jnp.int32), index=jnp.zeros((), jnp.int32))
+    """Empty KV cache for `length` slots; segment 0 marks slots nothing may attend to."""
+    shape = (cfg.n_layers, batch, length, cfg.n_kv_heads, cfg.head_dim)
+    dtype = dtype or cfg.dtype
+    return dict(
+        k=jnp.zeros(shape, dtype),
+        v=jnp.zeros(shape, dtype),
+        segment_ids=jnp.zeros((batch, length), jnp.int32),
+        index=jnp.zeros((), jnp.int32),
+    )

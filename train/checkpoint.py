@@ -17,81 +17,104 @@ ITEMS = ("state", "data", "extras")
 
 
 class Checkpoints:
-  def __init__(self, directory: str, keep: int = 2, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    def __init__(self, directory: str, keep: int = 2, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
 
-  def save(self, step: int, state, data_state=None, extras=None, force: bool = False):
-    args = ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state if data_state is not None else {}),
-        extras=ocp.args.JsonSave(extras if extras is not None else {}),
-    )
-    return self.manager.save(step, args=args, force=force)
+    def save(self, step: int, state, data_state=None, extras=None, force: bool = False):
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state if data_state is not None else {}),
+            extras=ocp.args.JsonSave(extras if extras is not None else {}),
+        )
+        return self.manager.save(step, args=args, force=force)
 
-  def restore(self, step: int, abstract_state):
-    """(state, data_state, extras) at `step`; `abstract_state` gives shapes and shardings."""
-    check_compatible(self.manager.item_metadata(step)["state"], abstract_state, self.directory)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=ocp.args.JsonRestore(), extras=ocp.args.JsonRestore()))
-    return restored["state"], restored["data"], restored["extras"]
+    def restore(self, step: int, abstract_state):
+        """(state, data_state, extras) at `step`; `abstract_state` gives shapes and shardings."""
+        check_compatible(self.manager.item_metadata(step)["state"], abstract_state, self.directory)
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=ocp.args.JsonRestore(),
+                extras=ocp.args.JsonRestore(),
+            ),
+        )
+        return restored["state"], restored["data"], restored["extras"]
 
-  def wait(self):
-    self.manager.wait_until_finished()
+    def wait(self):
+        self.manager.wait_until_finished()
 
-  def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    def close(self):
+        self.manager.wait_until_finished()
+        self.manager.close()
 
 
 def abstract_like(tree, shardings):
-  """ShapeDtypeStructs with shardings: the restore target for a state like `tree`."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      tree, shardings)
+    """ShapeDtypeStructs with shardings: the restore target for a state like `tree`."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
 
 
 def check_compatible(saved_metadata, abstract_state, directory: str):
-  """Raises a one-line error naming the first parameter whose saved shape differs."""
-  saved = {jax.tree_util.keystr(k): v for k, v in
-           jax.tree_util.tree_flatten_with_path(saved_metadata)[0]}
-  wanted = {jax.tree_util.keystr(k): v for k, v in
-            jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
-  missing = sorted(set(wanted) - set(saved))
-  if missing:
-    raise ValueError(f"checkpoint {directory} does not match this model: it has no {missing[0]} "
-                     f"({len(missing)} entries missing) — resuming into a different model shape?")
-  for key, want in wanted.items():
-    got_shape = tuple(getattr(saved[key], "shape", ()) or ())
-    if got_shape != tuple(want.shape):
-      raise ValueError(f"checkpoint {directory} does not match this model: {key} has shape "
-                       f"{got_shape} in the checkpoint but {tuple(want.shape)} in the config "
-                       "— resuming into a different model shape?")
+    """Raises a one-line error naming the first parameter whose saved shape differs."""
+    saved = {
+        jax.tree_util.keystr(k): v
+        for k, v in jax.tree_util.tree_flatten_with_path(saved_metadata)[0]
+    }
+    wanted = {
+        jax.tree_util.keystr(k): v
+        for k, v in jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+    }
+    missing = sorted(set(wanted) - set(saved))
+    if missing:
+        raise ValueError(
+            f"checkpoint {directory} does not match this model: it has no {missing[0]} "
+            f"({len(missing)} entries missing) — resuming into a different model shape?"
+        )
+    for key, want in wanted.items():
+        got_shape = tuple(getattr(saved[key], "shape", ()) or ())
+        if got_shape != tuple(want.shape):
+            raise ValueError(
+                f"checkpoint {directory} does not match this model: {key} has shape "
+                f"{got_shape} in the checkpoint but {tuple(want.shape)} in the config "
+                "— resuming into a different model shape?"
+            )
 
 
 def load_params(directory: str, abstract_params, step: int | None = None):
-  """Params only (e.g. SFT from a pretraining checkpoint): restores the params subtree."""
-  ckpt = Checkpoints(directory, async_save=False)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no complete checkpoint in {directory}")
-  meta = ckpt.manager.item_metadata(step)["state"]
-  check_compatible(meta["params"], abstract_params, directory)
-  target = {"params": abstract_params}
-  restored = ckpt.manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(
-          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-          partial_restore=True),
-      extras=ocp.args.JsonRestore()))
-  ckpt.close()
-  return restored["state"]["params"], restored["extras"]
+    """Params only (e.g. SFT from a pretraining checkpoint): restores the params subtree."""
+    ckpt = Checkpoints(directory, async_save=False)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no complete checkpoint in {directory}")
+    meta = ckpt.manager.item_metadata(step)["state"]
+    check_compatible(meta["params"], abstract_params, directory)
+    target = {"params": abstract_params}
+    restored = ckpt.manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=target,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True,
+            ),
+            extras=ocp.args.JsonRestore(),
+        ),
+    )
+    ckpt.close()
+    return restored["state"]["params"], restored["extras"]
 
 
 def tree_equal(a, b) -> bool:
-  return all(np.array_equal(np.asarray(x), np.asarray(y))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    return all(
+        np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )

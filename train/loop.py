@@ -20,133 +20,135 @@ from train.metrics import MetricsWriter
 
 
 class NonFiniteLoss(RuntimeError):
-  pass
+    pass
 
 
 @dataclasses.dataclass
 class FitResult:
-  state: object
-  step: int
-  interrupted: bool
-  extras: dict
-  last_eval: dict
+    state: object
+    step: int
+    interrupted: bool
+    extras: dict
+    last_eval: dict
 
 
 @dataclasses.dataclass
 class Hooks:
-  """What differs between stages besides the loss: evaluation, samples, extras to checkpoint."""
+    """What differs between stages besides the loss: evaluation, samples, extras to checkpoint."""
 
-  eval_fn: object = None  # params -> dict of scalars
-  sample_fn: object = None  # (params, step) -> str, appended to samples.txt
-  extras: dict = dataclasses.field(default_factory=dict)
-  tokens_per_step: int = 0
-  flops_per_step: float = 0.0
-  peak_flops: float = 0.0
+    eval_fn: object = None  # params -> dict of scalars
+    sample_fn: object = None  # (params, step) -> str, appended to samples.txt
+    extras: dict = dataclasses.field(default_factory=dict)
+    tokens_per_step: int = 0
+    flops_per_step: float = 0.0
+    peak_flops: float = 0.0
 
 
 @contextlib.contextmanager
 def _stop_on_signals(flag: dict):
-  def handler(signum, _frame):
-    flag["signal"] = signum
+    def handler(signum, _frame):
+        flag["signal"] = signum
 
-  old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-  try:
-    yield
-  finally:
-    for s, h in old.items():
-      signal.signal(s, h)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def fit(*, workdir, cfg, state, state_sh, step_fn, data_iter, hooks: Hooks) -> FitResult:
-  """Trains until cfg.steps (resuming from the newest checkpoint in workdir/ckpt)."""
-  ckpt = Checkpoints(f"{workdir}/ckpt", keep=cfg.keep_ckpts, async_save=cfg.async_checkpoint)
-  state, extras = _maybe_resume(ckpt, state, state_sh, data_iter, hooks.extras)
-  writer = MetricsWriter(workdir)
-  start, flag, last_eval = int(state.step), {}, {}
-  bar = tqdm(total=cfg.steps, initial=start, dynamic_ncols=True, mininterval=1.0)
-  timer = _Throughput(hooks)
-  pending = None
-  try:
-    with _stop_on_signals(flag):
-      for step in range(start + 1, cfg.steps + 1):
-        state, metrics = step_fn(state, next(data_iter))
-        if pending is not None:  # read step n-1 while step n runs
-          _report(pending, writer, bar, timer, cfg, ckpt)
-        pending = (step, metrics)
-        last = step == cfg.steps
-        if step % cfg.ckpt_every == 0 or last or flag:
-          _report(pending, writer, bar, timer, cfg, ckpt, force=True)
-          pending = None
-          ckpt.save(step, state, data_iter.get_state(), extras, force=True)
-        if hooks.eval_fn and (step % cfg.eval_every == 0 or last):
-          last_eval = _run_eval(hooks.eval_fn, state, step, writer)
-        if hooks.sample_fn and cfg.sample_every and (step % cfg.sample_every == 0 or last):
-          _write_samples(workdir, hooks.sample_fn(state.params, step))
-        if flag:
-          bar.write(f"signal {flag['signal']}: checkpoint saved at step {step}, stopping")
-          break
-      if pending is not None:
-        _report(pending, writer, bar, timer, cfg, ckpt, force=True)
-  finally:
-    bar.close()
-    ckpt.close()
-    writer.close()
-  return FitResult(state, int(state.step), bool(flag), extras, last_eval)
+    """Trains until cfg.steps (resuming from the newest checkpoint in workdir/ckpt)."""
+    ckpt = Checkpoints(f"{workdir}/ckpt", keep=cfg.keep_ckpts, async_save=cfg.async_checkpoint)
+    state, extras = _maybe_resume(ckpt, state, state_sh, data_iter, hooks.extras)
+    writer = MetricsWriter(workdir)
+    start, flag, last_eval = int(state.step), {}, {}
+    bar = tqdm(total=cfg.steps, initial=start, dynamic_ncols=True, mininterval=1.0)
+    timer = _Throughput(hooks)
+    pending = None
+    try:
+        with _stop_on_signals(flag):
+            for step in range(start + 1, cfg.steps + 1):
+                state, metrics = step_fn(state, next(data_iter))
+                if pending is not None:  # read step n-1 while step n runs
+                    _report(pending, writer, bar, timer, cfg, ckpt)
+                pending = (step, metrics)
+                last = step == cfg.steps
+                if step % cfg.ckpt_every == 0 or last or flag:
+                    _report(pending, writer, bar, timer, cfg, ckpt, force=True)
+                    pending = None
+                    ckpt.save(step, state, data_iter.get_state(), extras, force=True)
+                if hooks.eval_fn and (step % cfg.eval_every == 0 or last):
+                    last_eval = _run_eval(hooks.eval_fn, state, step, writer)
+                if hooks.sample_fn and cfg.sample_every and (step % cfg.sample_every == 0 or last):
+                    _write_samples(workdir, hooks.sample_fn(state.params, step))
+                if flag:
+                    bar.write(f"signal {flag['signal']}: checkpoint saved at step {step}, stopping")
+                    break
+            if pending is not None:
+                _report(pending, writer, bar, timer, cfg, ckpt, force=True)
+    finally:
+        bar.close()
+        ckpt.close()
+        writer.close()
+    return FitResult(state, int(state.step), bool(flag), extras, last_eval)
 
 
 def _maybe_resume(ckpt, state, state_sh, data_iter, extras):
-  step = ckpt.latest_step()
-  if step is None:
-    return state, dict(extras)
-  state, data_state, saved_extras = ckpt.restore(step, abstract_like(state, state_sh))
-  if data_state:
-    data_iter.set_state(data_state)
-  print(f"resumed from {ckpt.directory} at step {step}")
-  return state, {**extras, **(saved_extras or {})}
+    step = ckpt.latest_step()
+    if step is None:
+        return state, dict(extras)
+    state, data_state, saved_extras = ckpt.restore(step, abstract_like(state, state_sh))
+    if data_state:
+        data_iter.set_state(data_state)
+    print(f"resumed from {ckpt.directory} at step {step}")
+    return state, {**extras, **(saved_extras or {})}
 
 
 class _Throughput:
-  def __init__(self, hooks):
-    self.hooks, self.t, self.steps = hooks, time.perf_counter(), 0
+    def __init__(self, hooks):
+        self.hooks, self.t, self.steps = hooks, time.perf_counter(), 0
 
-  def tick(self):
-    self.steps += 1
+    def tick(self):
+        self.steps += 1
 
-  def rates(self):
-    now = time.perf_counter()
-    dt, n = now - self.t, self.steps
-    self.t, self.steps = now, 0
-    if n == 0 or dt <= 0:
-      return {}
-    out = {"tokens_per_s": self.hooks.tokens_per_step * n / dt, "step_s": dt / n}
-    if self.hooks.peak_flops:
-      out["mfu"] = self.hooks.flops_per_step * n / dt / self.hooks.peak_flops
-    return out
+    def rates(self):
+        now = time.perf_counter()
+        dt, n = now - self.t, self.steps
+        self.t, self.steps = now, 0
+        if n == 0 or dt <= 0:
+            return {}
+        out = {"tokens_per_s": self.hooks.tokens_per_step * n / dt, "step_s": dt / n}
+        if self.hooks.peak_flops:
+            out["mfu"] = self.hooks.flops_per_step * n / dt / self.hooks.peak_flops
+        return out
 
 
 def _report(pending, writer, bar, timer, cfg, ckpt, force=False):
-  step, metrics = pending
-  timer.tick()
-  bar.update(1)
-  values = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
-  if not math.isfinite(values.get("loss", 0.0)):  # every step: the fetch overlaps step n+1
-    raise NonFiniteLoss(f"loss is {values['loss']} at step {step}; stopping. The last good "
-                        f"checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}")
-  if not (force or step % cfg.log_every == 0 or step == 1):
-    return
-  values.update(timer.rates())
-  writer.write(step, values)
-  shown = {k: values[k] for k in ("loss", "accuracy", "tokens_per_s", "mfu") if k in values}
-  bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
+    step, metrics = pending
+    timer.tick()
+    bar.update(1)
+    values = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+    if not math.isfinite(values.get("loss", 0.0)):  # every step: the fetch overlaps step n+1
+        raise NonFiniteLoss(
+            f"loss is {values['loss']} at step {step}; stopping. The last good "
+            f"checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}"
+        )
+    if not (force or step % cfg.log_every == 0 or step == 1):
+        return
+    values.update(timer.rates())
+    writer.write(step, values)
+    shown = {k: values[k] for k in ("loss", "accuracy", "tokens_per_s", "mfu") if k in values}
+    bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
 
 
 def _run_eval(eval_fn, state, step, writer):
-  values = {k: float(v) for k, v in eval_fn(state.params).items()}
-  writer.write(step, values, prefix="eval")
-  tqdm.write(f"step {step} eval " + " ".join(f"{k}={v:.4g}" for k, v in values.items()))
-  return values
+    values = {k: float(v) for k, v in eval_fn(state.params).items()}
+    writer.write(step, values, prefix="eval")
+    tqdm.write(f"step {step} eval " + " ".join(f"{k}={v:.4g}" for k, v in values.items()))
+    return values
 
 
 def _write_samples(workdir, text):
-  with open(f"{workdir}/samples.txt", "a") as f:
-    f.write(text.rstrip() + "\n\n")
+    with open(f"{workdir}/samples.txt", "a") as f:
+        f.write(text.rstrip() + "\n\n")

@@ -8,80 +8,94 @@ import subprocess
 import sys
 import time
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "sentencepiece",
-            "ml-collections", "numpy")
+PACKAGES = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "grain",
+    "sentencepiece",
+    "ml-collections",
+    "numpy",
+)
 
 
 class MetricsWriter:
-  """Appends one JSON line per record and mirrors scalars to TensorBoard."""
+    """Appends one JSON line per record and mirrors scalars to TensorBoard."""
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
-    os.makedirs(workdir, exist_ok=True)
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run
-    self._tb = None
-    if tensorboard:
-      from tensorboardX import SummaryWriter
+    def __init__(self, workdir: str, tensorboard: bool = True):
+        os.makedirs(workdir, exist_ok=True)
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"), flush_secs=30)
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"), flush_secs=30)
 
-  def write(self, step: int, metrics: dict, prefix: str = "train"):
-    record = {"step": int(step), "split": prefix, "time": time.time()}
-    record.update({k: _plain(v) for k, v in metrics.items()})
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
-    if self._tb is not None:
-      for k, v in record.items():
-        if isinstance(v, float | int) and k not in ("step", "time"):
-          self._tb.add_scalar(f"{prefix}/{k}", v, int(step))
+    def write(self, step: int, metrics: dict, prefix: str = "train"):
+        record = {"step": int(step), "split": prefix, "time": time.time()}
+        record.update({k: _plain(v) for k, v in metrics.items()})
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, float | int) and k not in ("step", "time"):
+                    self._tb.add_scalar(f"{prefix}/{k}", v, int(step))
 
-  def close(self):
-    self._file.close()
-    if self._tb is not None:
-      self._tb.close()
+    def close(self):
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
 
 
 def _plain(v):
-  try:
-    v = float(v)
-  except (TypeError, ValueError):
-    return v
-  return v if math.isfinite(v) else str(v)
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return v
+    return v if math.isfinite(v) else str(v)
 
 
 def read_metrics(workdir: str, split: str | None = None) -> list[dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [r for r in rows if split is None or r.get("split") == split]
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if split is None or r.get("split") == split]
 
 
 def write_run_info(workdir: str, config) -> None:
-  """Resolved config, package versions and git commit, so a run can be reproduced."""
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2) if hasattr(config, "to_json_best_effort")
-            else json.dumps(config, indent=2, default=str))
-  versions = {"python": sys.version.split()[0]}
-  for pkg in PACKAGES:
-    try:
-      versions[pkg] = importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-      versions[pkg] = None
-  info = {"versions": versions, "git_commit": _git_commit(), "argv": sys.argv}
-  with open(os.path.join(workdir, "run_info.json"), "w") as f:
-    json.dump(info, f, indent=2)
+    """Resolved config, package versions and git commit, so a run can be reproduced."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(
+            config.to_json_best_effort(indent=2)
+            if hasattr(config, "to_json_best_effort")
+            else json.dumps(config, indent=2, default=str)
+        )
+    versions = {"python": sys.version.split()[0]}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    info = {"versions": versions, "git_commit": _git_commit(), "argv": sys.argv}
+    with open(os.path.join(workdir, "run_info.json"), "w") as f:
+        json.dump(info, f, indent=2)
 
 
 def _git_commit():
-  try:
-    here = os.path.dirname(os.path.abspath(__file__))
-    out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
-                         text=True, timeout=5)
-    dirty = subprocess.run(["git", "-C", here, "status", "--porcelain"], capture_output=True,
-                           text=True, timeout=5).stdout.strip()
-    return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
-  except (OSError, subprocess.SubprocessError):
-    return None
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(
+            ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
