@@ -129,4 +129,7 @@ def param_shardings(init_fn, mesh: Mesh, rules):
     """Shardings (and abstract shapes) of the parameters `init_fn` would create, no compute."""
     with activate(mesh, rules):
         boxed = jax.eval_shape(init_fn, jax.random.key(0))
-        return nn.meta.unbox(logical_shardings(boxed, mesh, rules)), nn.meta.unbox(boxed)
+        shardings = nn.meta.unbox(logical_shardings(boxed, mesh, rules))
+    # Unboxed outside the mesh context: unbox() would add a sharding constraint to the
+    # abstract values.
+    return shardings, nn.meta.unbox(boxed)

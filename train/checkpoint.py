@@ -22,7 +22,10 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        handlers = dict(state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
+                        extras=ocp.JsonCheckpointHandler())
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -90,27 +93,27 @@ def check_compatible(saved_metadata, abstract_state, directory: str):
 
 
 def load_params(directory: str, abstract_params, step: int | None = None):
-    """Params only (e.g. SFT from a pretraining checkpoint): restores the params subtree."""
+    """Params only (e.g. SFT from a pretraining checkpoint) and the extras, at `step` or latest.
+
+    Reads the "params" subtree of the saved TrainState (a partial restore: the optimizer state
+    of the source run is never touched or needed).
+    """
     ckpt = Checkpoints(directory, async_save=False)
     step = ckpt.latest_step() if step is None else step
     if step is None:
+        ckpt.close()
         raise FileNotFoundError(f"no complete checkpoint in {directory}")
-    meta = ckpt.manager.item_metadata(step)["state"]
-    check_compatible(meta["params"], abstract_params, directory)
-    target = {"params": abstract_params}
-    restored = ckpt.manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item=target,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                partial_restore=True,
-            ),
-            extras=ocp.args.JsonRestore(),
-        ),
-    )
+    extras = ckpt.manager.restore(step, args=ocp.args.Composite(extras=ocp.args.JsonRestore()))
     ckpt.close()
-    return restored["state"]["params"], restored["extras"]
+    state_dir = os.path.join(directory, str(step), "state")
+    with ocp.PyTreeCheckpointer() as reader:
+        saved = reader.metadata(state_dir).item_metadata.tree
+        check_compatible(saved["params"], abstract_params, directory)
+        target = {"params": abstract_params}
+        restored = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True))
+    return restored["params"], extras["extras"] or {}
 
 
 def tree_equal(a, b) -> bool:
