@@ -269,7 +269,7 @@ def generate_stream(cfg: ModelConfig, params, prompt, max_new_tokens, rng, *, te
   stop_ids = tuple(int(s) for s in stop_ids)
   _validate(cfg, max_new_tokens, sampling, stop_ids, pad_id)
   padded = -(-len(prompt) // bucket) * bucket
-  if max(padded, len(prompt)) + max_new_tokens > cfg.max_seq_len:
+  if padded + max_new_tokens > cfg.max_seq_len:
     padded = len(prompt)  # no room for bucket padding: compile for the exact length
   if padded + max_new_tokens > cfg.max_seq_len:
     raise ValueError(f"generate_stream: prompt of {len(prompt)} tokens + max_new_tokens "

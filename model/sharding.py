@@ -21,6 +21,8 @@ BATCH = ("data", "fsdp")
 RULES = (
     # parameters
     ("vocab", "tensor"),
+    # The input embedding table: a gather from a vocab-sharded table makes XLA replicate it.
+    ("embed_vocab", None),
     ("embed", "fsdp"),
     ("q_heads", "tensor"),
     ("kv_heads", "tensor"),
@@ -112,14 +114,50 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def check_divisible(boxed_tree, mesh: Mesh, rules):
+    """Raises ValueError unless every sharded parameter dim divides by its mesh axes' product.
+
+    One line naming the parameter, dim, logical axis and mesh axes, instead of an XLA error (or
+    silent padding) from inside jit.
+    """
+    bad = []
+    is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)
+    for path, box in jax.tree_util.tree_leaves_with_path(boxed_tree, is_leaf=is_box):
+        if not is_box(box):
+            continue
+        spec = nn.logical_to_mesh_axes(box.names, rules)
+        for dim, (name, size, axes) in enumerate(zip(box.names, box.value.shape, spec)):
+            axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+            n = math.prod(mesh.shape[a] for a in axes)
+            if size % n:
+                where = "/".join(str(getattr(k, "key", k)) for k in path)
+                on = ", ".join(f"{a}={mesh.shape[a]}" for a in axes)
+                on += f" (product {n})" if len(axes) > 1 else ""
+                bad.append(f"{where} dim {dim} ({name}={size}) is not divisible by mesh {on}")
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ValueError(f"{bad[0]}{more}: change the model or mesh sizes, or mesh.rules")
+
+
+def checked_abstract_params(init_fn, rng, mesh: Mesh, rules):
+    """eval_shape(init_fn) traced OUTSIDE the mesh, then `check_divisible`.
+
+    Outside the mesh nothing is sharding-constrained yet, so an indivisible dim reaches our
+    check instead of failing inside the trace with jax's message.
+    """
+    boxed = jax.eval_shape(init_fn, rng)
+    check_divisible(boxed, mesh, rules)
+    return boxed
+
+
 def init_params(init_fn, rng, mesh: Mesh, rules):
     """Initialises parameters directly sharded: eval_shape → shardings → jit(out_shardings).
 
     `init_fn(rng)` returns the boxed `variables["params"]` of a Linen init. Returns
     (params, shardings) with plain arrays (boxes removed).
     """
+    boxed = checked_abstract_params(init_fn, rng, mesh, rules)
     with activate(mesh, rules):
-        boxed = jax.eval_shape(init_fn, rng)
         shardings = nn.meta.unbox(logical_shardings(boxed, mesh, rules))
         params = jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=shardings)(rng)
     return params, shardings
@@ -127,8 +165,8 @@ def init_params(init_fn, rng, mesh: Mesh, rules):
 
 def param_shardings(init_fn, mesh: Mesh, rules):
     """Shardings (and abstract shapes) of the parameters `init_fn` would create, no compute."""
+    boxed = checked_abstract_params(init_fn, jax.random.key(0), mesh, rules)
     with activate(mesh, rules):
-        boxed = jax.eval_shape(init_fn, jax.random.key(0))
         shardings = nn.meta.unbox(logical_shardings(boxed, mesh, rules))
     # Unboxed outside the mesh context: unbox() would add a sharding constraint to the
     # abstract values.

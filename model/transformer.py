@@ -200,7 +200,7 @@ class Transformer(nn.Module):
             cfg.d_model,
             dtype=cfg.dtype,
             name="embed_tokens",
-            embedding_init=_param(nn.initializers.normal(0.02), "vocab", "embed"),
+            embedding_init=_param(nn.initializers.normal(0.02), "embed_vocab", "embed"),
         )
         x_BxLxD = nn.with_logical_constraint(embed(tokens_BxL), ("batch", "length", "act_embed"))
         slots_BxL, kv, shared = self._slots_and_cache(positions_BxL, segment_ids_BxL, cache)

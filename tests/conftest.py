@@ -6,3 +6,24 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+
+def _tokenizer_texts():
+    """Chat-like and task-like text, so a tiny vocabulary still covers what tests render."""
+    from data import tasks
+
+    texts = [t.prompt + "\n" + t.answer
+             for t in tasks.make_tasks(tasks.FAMILIES, 400, seed=0, split="train")]
+    texts += ["Hello, how are you today? I am fine, thank you.", "KING HENRY: Once more."] * 20
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+    """A tiny SentencePiece tokenizer (vocab 384, chat tokens reserved), trained once."""
+    from data.tokenizer import Tokenizer, train_tokenizer
+
+    prefix = tmp_path_factory.mktemp("tok") / "tiny"
+    return Tokenizer(train_tokenizer(_tokenizer_texts(), 384, str(prefix)))

@@ -22,10 +22,14 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save
         )
-        handlers = dict(state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
-                        extras=ocp.JsonCheckpointHandler())
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_handlers=handlers)
+        handlers = dict(
+            state=ocp.StandardCheckpointHandler(),
+            data=ocp.JsonCheckpointHandler(),
+            extras=ocp.JsonCheckpointHandler(),
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=handlers
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -40,7 +44,9 @@ class Checkpoints:
 
     def restore(self, step: int, abstract_state):
         """(state, data_state, extras) at `step`; `abstract_state` gives shapes and shardings."""
-        check_compatible(self.manager.item_metadata(step)["state"], abstract_state, self.directory)
+        saved = self.manager.item_metadata(step)["state"]
+        if hasattr(abstract_state, "params"):  # optimizer trees need not be keyed like dicts
+            check_compatible(saved["params"], abstract_state.params, self.directory)
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(
@@ -110,9 +116,14 @@ def load_params(directory: str, abstract_params, step: int | None = None):
         saved = reader.metadata(state_dir).item_metadata.tree
         check_compatible(saved["params"], abstract_params, directory)
         target = {"params": abstract_params}
-        restored = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True))
+        restored = reader.restore(
+            state_dir,
+            args=ocp.args.PyTreeRestore(
+                item=target,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True,
+            ),
+        )
     return restored["params"], extras["extras"] or {}
 
 

@@ -39,6 +39,7 @@ class Hooks:
     eval_fn: object = None  # params -> dict of scalars
     sample_fn: object = None  # (params, step) -> str, appended to samples.txt
     extras: dict = dataclasses.field(default_factory=dict)
+    final_extras_fn: object = None  # params -> dict merged into extras before the last save
     tokens_per_step: int = 0
     flops_per_step: float = 0.0
     peak_flops: float = 0.0
@@ -77,6 +78,8 @@ def fit(*, workdir, cfg, state, state_sh, step_fn, data_iter, hooks: Hooks) -> F
                 if step % cfg.ckpt_every == 0 or last or flag:
                     _report(pending, writer, bar, timer, cfg, ckpt, force=True)
                     pending = None
+                    if last and hooks.final_extras_fn:
+                        extras.update(hooks.final_extras_fn(state.params))
                     ckpt.save(step, state, data_iter.get_state(), extras, force=True)
                 if hooks.eval_fn and (step % cfg.eval_every == 0 or last):
                     last_eval = _run_eval(hooks.eval_fn, state, step, writer)
