@@ -15,7 +15,8 @@ import dataclasses
 import jax
 import numpy as np
 
-from data import chat, tasks as tasks_lib
+from data import chat
+from data import tasks as tasks_lib
 from model import sampler
 
 
