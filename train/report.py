@@ -1,0 +1,177 @@
+"""report.md (+ PNG plots) of a pipeline folder, rebuilt from the run folders alone.
+
+    python -m scripts.report --pipeline runs/pipeline_tiny
+"""
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from train.metrics import read_metrics  # noqa: E402
+
+LABELLER = ("synthetic preferences from a programmatic labeller (a noisy Bradley-Terry rater "
+            "over the gold scorer of the synthetic tasks) — not human data")
+
+
+def _load(path, default=None):
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def _read_text(path) -> str:
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        return f.read()
+
+
+def _ci(d) -> str:
+    return f"{d['mean']:.3f} [{d['lo']:.3f}, {d['hi']:.3f}]"
+
+
+def headline_table(ev: dict) -> str:
+    rows = ["| Policy | Gold score (95% CI) | Reward model (normalised) | Replies ended | "
+            "Mean length |", "|---|---|---:|---:|---:|"]
+    for name, r in ev["policies"].items():
+        rows.append(f"| {name} | {_ci(r['gold'])} | {r['rm']['mean']:+.2f} | "
+                    f"{r['terminated']:.0%} | {r['length']:.1f} |")
+    return "\n".join(rows)
+
+
+def plot_curves(root, out_png, run, keys, title):
+    rows = read_metrics(os.path.join(root, run))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for split, style in (("train", "-"), ("eval", "o-")):
+            pts = [(r["step"], r[key]) for r in rows if r.get("split") == split
+                   and isinstance(r.get(key), int | float)]
+            if pts:
+                ax.plot(*zip(*pts), style, label=split, markersize=3)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(os.path.join(root, out_png), dpi=90)
+    plt.close(fig)
+    return f"![{title}]({out_png})"
+
+
+def plot_overoptimisation(root, ev, ppo) -> str:
+    """Gold and RM score against KL: best-of-n and PPO checkpoints (Gao et al. 2022)."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    bon = ev.get("best_of_n", [])
+    if bon:
+        kl = [b["kl"] for b in bon]
+        a1.plot(kl, [b["gold_mean"] for b in bon], "o-", label="best-of-n")
+        a2.plot(kl, [b["rm_mean"] for b in bon], "o-", label="best-of-n")
+    pts = (ppo or {}).get("eval_points", [])
+    if pts:
+        kl = [p["kl"] for p in pts]
+        a1.plot(kl, [p["gold"] for p in pts], "s-", label="PPO")
+        a2.plot(kl, [p["rm_score"] for p in pts], "s-", label="PPO")
+    for ax, what in ((a1, "gold score"), (a2, "reward model score")):
+        ax.set_xlabel("KL to SFT (nats)")
+        ax.set_title(what)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(root, "overoptimisation.png"), dpi=90)
+    plt.close(fig)
+    return "![gold and reward-model score against KL](overoptimisation.png)"
+
+
+def side_by_side(root, k=8) -> str:
+    rows = []
+    path = os.path.join(root, "evaluate", "answers.jsonl")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        answers = [json.loads(line) for line in f][:k]
+    rows = ["| Prompt | Base | SFT | PPO |", "|---|---|---|---|"]
+    for a in answers:
+        cells = [_cell(a["prompt"])] + [
+            f"{_cell(a[p]['text'])} ({a[p]['gold']:.2f})" for p in ("base", "sft", "ppo")]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _cell(text: str, limit: int = 90) -> str:
+    text = text.replace("|", "\\|").replace("\n", " ⏎ ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def compute_table(root, summaries) -> str:
+    compute = _load(os.path.join(root, "compute.json"), {})
+    rows = ["| Stage | Tokens | FLOPs | Wall time | Peak memory (RSS) |",
+            "|---|---:|---:|---:|---:|"]
+    for stage, rec in compute.items():
+        s = summaries.get(stage) or {}
+        tokens, flops = s.get("train_tokens"), s.get("train_flops")
+        rows.append(f"| {stage} | {_num(tokens)} | {_num(flops)} | {rec['wall_s']:.0f} s | "
+                    f"{rec['max_rss_mb'] / 1024:.2f} GB |")
+    return "\n".join(rows)
+
+
+def _num(x) -> str:
+    if not isinstance(x, int | float):
+        return "–"
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def build(root: str) -> str:
+    """Writes <root>/report.md (and its PNGs) from the stage folders; returns the text."""
+    s = {name: _load(os.path.join(root, name, "summary.json"), {}) for name in
+         ("pretrain", "sft", "collect", "reward", "ppo", "evaluate")}
+    ev, pre, rm, col = s["evaluate"], s["pretrain"], s["reward"], s["collect"]
+    mixture = _read_text(os.path.join(root, "pretrain", "mixture.md"))
+    parts = [
+        "# jaxchat pipeline report", "",
+        "Pretraining → SFT → reward model → PPO on the embedded default, measured on held-out "
+        "synthetic task prompts by the programmatic gold scorer. Preferences are "
+        f"{LABELLER}.", "",
+        "## Headline (greedy answers, held-out task prompts)", "",
+        headline_table(ev) if ev else "(evaluate stage missing)", "",
+    ]
+    for key, d in (ev.get("gold_differences") or {}).items():
+        parts.append(f"- gold {key.replace('_', ' ')}: {_ci(d)} (paired bootstrap)")
+    parts += ["", "## Pretraining data (as the LLaMA table of the seed article)", "", mixture, "",
+              f"Validation loss {pre.get('val_loss', float('nan')):.3f} nats/token against the "
+              f"corpus's unigram entropy {pre.get('unigram_entropy', float('nan')):.3f} "
+              "nats/token.",
+              "", plot_curves(root, "pretrain_loss.png", "pretrain", ["loss"], "pretraining"), "",
+              "## Supervised fine-tuning", "",
+              plot_curves(root, "sft_loss.png", "sft", ["loss"], "SFT"), ""]
+    if rm:
+        parts += ["## Reward model", "",
+                  f"{rm.get('train_pairs')} training pairs ({col.get('annotator', LABELLER)}); "
+                  f"held-out accuracy against the labels {rm.get('heldout_accuracy', 0):.3f}, "
+                  f"against the gold ordering {rm.get('heldout_accuracy_gold', 0):.3f} "
+                  f"({rm.get('heldout_pairs')} held-out pairs).", "",
+                  plot_curves(root, "reward_acc.png", "reward", ["loss", "accuracy"], "reward"),
+                  ""]
+    if s["ppo"]:
+        parts += ["## PPO", "", plot_curves(root, "ppo_curves.png", "ppo",
+                                            ["reward", "gold", "kl", "entropy", "response_length"],
+                                            "PPO"), ""]
+    parts += ["## Same prompts, three models", "", side_by_side(root), "",
+              "## Reward over-optimisation (Gao et al. 2022)", "",
+              plot_overoptimisation(root, ev, s["ppo"]) if ev else "", ""]
+    if ev.get("best_of_n"):
+        parts += ["| n | KL (nats) | gold (95% CI) | RM score |", "|---:|---:|---|---:|"]
+        parts += [f"| {b['n']} | {b['kl']:.2f} | {b['gold_mean']:.3f} [{b['gold_ci'][0]:.3f}, "
+                  f"{b['gold_ci'][1]:.3f}] | {b['rm_mean']:+.2f} |" for b in ev["best_of_n"]]
+        parts.append("")
+    parts += ["## Compute per stage", "", compute_table(root, s), ""]
+    text = "\n".join(parts)
+    with open(os.path.join(root, "report.md"), "w") as f:
+        f.write(text)
+    return text
