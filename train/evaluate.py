@@ -73,7 +73,9 @@ def run(root: str) -> dict:
                          "length": float(np.mean(out.lengths))}
     diffs = {f"{b}_minus_{a}": dict(zip(("mean", "lo", "hi"), rl_math.bootstrap_diff_ci(
         answers[b]["gold"], answers[a]["gold"]))) for a, b in (("base", "sft"), ("sft", "ppo"))}
-    bon = run_bon(c, setup, tok, params["sft"], rm_params, norm, task_list)
+    with open(os.path.join(root, "ppo", "summary.json")) as f:
+        bon = json.load(f).get("best_of_n")  # the PPO stage measured it on the same prompts
+    bon = bon or run_bon(c, setup, tok, params["sft"], rm_params, norm, task_list)
     summary = {"n_prompts": len(task_list), "policies": results, "gold_differences": diffs,
                "best_of_n": bon, "wall_s": time.perf_counter() - start,
                "labeller": "synthetic preferences from a programmatic labeller (gold scorer)"}
