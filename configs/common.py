@@ -86,6 +86,7 @@ MODEL_SIZES = {
         head_dim=128,
         d_ff=32768,
         max_seq_len=2048,
+        tie_embeddings=True,  # GPT-3 ties input and output embeddings
     ),
 }
 

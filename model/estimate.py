@@ -8,42 +8,54 @@ Memory per device (bytes), for a mesh (data, fsdp, tensor) and the global batch:
     params      4 · P_dev                      fp32 parameters
     grads       4 · P_dev  (· 2 with gradient accumulation: the running sum + one microbatch)
     optimizer   8 · P_dev                      AdamW first and second moments, fp32
-    activations T_dev · (n_layers · A_saved + A_work + A_head)
+    activations T_dev · (n_layers · A_layer + A_once) (+ weight copies, see below)
 
 P_dev is the number of parameter elements one device holds: each dim divided by the product of
 the mesh axes its logical name maps to (default rules: embed → fsdp, heads/mlp/vocab → tensor;
 norms are replicated). T_dev = global_batch / (grad_accum · data · fsdp) · seq_len tokens of
 one microbatch on one device (the batch is sharded over data × fsdp).
 
-Activations follow Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
-Transformer Models" (sec. 4.1: 34·s·b·h + 5·a·s²·b bytes per layer for GPT with dropout),
-re-derived for this block (pre-RMSNorm, GQA, RoPE, SwiGLU, no dropout). Per token and layer,
-with p = bytes of the compute dtype, t = tensor, d = d_model, q = n_heads·head_dim,
-kv = n_kv_heads·head_dim, F = d_ff, a = n_heads, s = seq_len:
+Activations follow the method of Korthikanti et al. 2022, "Reducing Activation Recomputation
+in Large Transformer Models" (sec. 4.1: 34·s·b·h + 5·a·s²·b bytes per GPT layer with dropout):
+count every tensor the backward pass needs. Re-derived for this block (pre-RMSNorm computed in
+fp32, GQA, RoPE, SwiGLU, XLA attention, no dropout) and checked against the residuals JAX's
+autodiff actually saves (tests/test_estimate.py). Per token and layer, with p = bytes of the
+compute dtype, t = tensor, d = d_model, q = n_heads·head_dim, kv = n_kv_heads·head_dim,
+F = d_ff, a = n_heads, s = seq_len (q, kv, F, a are divided by t; d is replicated over t):
 
-    "none"           p·(4d + (2q + 2kv + 3F)/t) + a·s·c/t
-                     4d: both norms' inputs and outputs (residual stream, replicated over t);
+    "none"           16d + 2p·d + p·(2q + 2kv + 6F) + (4 + p)·a·s + 4·(2a + 4)
+                     16d: fp32 RMSNorm internals of both norms; 2p·d: their outputs;
                      2q + 2kv: q and k after RoPE, v, the attention output (o_proj input);
-                     3F: gate, up and silu(gate)·up (down_proj input);
-                     a·s·c: the attention probabilities, c = 4 (fp32 softmax output kept for
-                     its backward) + p (the compute-dtype copy multiplied into V) when p ≠ 4.
+                     6F: gate, up, sigmoid(gate), silu(gate), the silu' term, silu·up;
+                     (4 + p)·a·s: fp32 scores after masking and the probabilities in the
+                     compute dtype (one fp32 array of 8·a·s in fp32); 4·(2a + 4): softmax
+                     max/sum and norm statistics.
     "full"           p·d: only the block input (the scan carry); everything is recomputed.
-    "dots"           p·(3d + (2q + 2kv + 2F)/t) + 4·a·s/t: every matmul output (q/k/v, o, gate,
-                     up, down projections and the attention output) plus the fp32 QKᵀ logits.
-    "dots_no_batch"  p·(3d + (q + 2kv + 2F)/t): the weight matmuls only; attention (batched
-                     dots) is recomputed.
+    "dots"           p·(2d + 2q + 2kv + 2F) + 4·a·s: the matmul outputs the backward needs
+                     (q/k/v, o_proj, gate, up projections, the attention output), the block
+                     input and the fp32 QKᵀ logits.
+    "dots_no_batch"  p·(2d + q + 2kv + 2F): the weight matmuls only; attention's batched
+                     dots (QKᵀ, probabilities·V) are recomputed.
 
-A_work: under any remat policy the backward pass rebuilds one layer at a time, so one layer's
-"none" activations are added once. A_head: the final norm (2·p·d), the fp32 logits and their
-softmax in the loss (8·V/t, + p·V/t for the compute-dtype logits when p ≠ 4) and the boolean
-attention mask (s bytes, shared by all layers). `flash=True` models a fused attention kernel:
-no a·s term (and no mask), only the fp32 log-sum-exp per head (4·a/t) under "none" and "dots".
+Under "none" with a 16-bit compute dtype, autodiff also keeps each layer's 16-bit weight copies
+(p bytes per layer matmul parameter, counted sharded like the parameters; if XLA keeps them
+all-gathered it is fsdp× more).
 
-Assumptions: XLA keeps exactly the listed tensors (fusion may keep fewer, e.g. recompute
-silu(gate)·up; it never needs more); RoPE's sin/cos, the RMSNorm statistics and other per-token
-scalars are ignored; no sequence parallelism (replicated residual-stream terms are the
-Korthikanti "10·s·b·h" part); fragmentation, XLA workspace and communication buffers are not
-counted: treat the total as a lower bound and keep ~20% headroom.
+Once per microbatch (not per layer): one layer's "none" activations as the backward working set
+(a remat policy recomputes a layer, any policy holds that layer's gradients), the fp32 logits
+(4·V/t, + p·V/t for the compute-dtype logits when p ≠ 4) and the boolean attention mask
+(a·s/t bytes). Phases of the backward pass share buffers, so these once-terms approximate the
+peak from above. On XLA:CPU in fp32 the total is within ~10% of the compiled gradient's temp
+buffers (tests/test_estimate.py); in bf16 XLA:CPU needs up to ~35% more than estimated, as
+the CPU backend computes bf16 ops in fp32 and keeps extra copies.
+
+`flash=True` models a fused attention kernel (the model itself uses XLA attention): the
+(4 + p)·a·s term becomes the fp32 log-sum-exp (4·a), there is no mask, and under "dots" the
+kernel's output is recomputed (as "dots_no_batch").
+
+Not counted: RoPE's sin/cos, fragmentation, XLA workspace and communication buffers, sequence
+parallelism (the replicated d-terms are the "10·s·b·h" part Korthikanti et al. remove with it).
+Treat the total as an estimate with ~20% headroom, not a bound.
 
 Time: total FLOPs = tokens · flops_per_token; GPU-hours = total / (peak · MFU) / 3600; wall time
 = GPU-hours / devices.
@@ -128,36 +140,51 @@ def _axes(axes) -> tuple:
 
 def layer_activation_bytes(cfg: ModelConfig, seq_len: int, policy: str | None = None,
                            tensor: int = 1, flash: bool = False) -> float:
-    """Bytes one layer keeps for the backward pass, per token (module docstring formulas)."""
+    """Bytes one layer keeps for the backward pass, per token (formulas in the module doc)."""
     policy = cfg.remat_policy if policy is None else policy
     p = np.dtype(cfg.dtype).itemsize
     d, f = cfg.d_model, cfg.d_ff / tensor
     q, kv = cfg.n_heads * cfg.head_dim / tensor, cfg.n_kv_heads * cfg.head_dim / tensor
-    heads = cfg.n_heads / tensor
+    a = cfg.n_heads / tensor
     if policy == "none":
-        probs = 4 * heads if flash else heads * seq_len * (4 + (p if p != 4 else 0))
-        return p * (4 * d + 2 * q + 2 * kv + 3 * f) + probs
+        scores = 4 * a if flash else (4 + p) * a * seq_len + 4 * 2 * a
+        return 16 * d + 2 * p * d + p * (2 * q + 2 * kv + 6 * f) + scores + 4 * 4
     if policy == "full":
         return p * d
-    if policy == "dots":
-        if flash:  # the fused kernel is no dot: its output is recomputed, lse is kept
-            return p * (3 * d + q + 2 * kv + 2 * f) + 4 * heads
-        return p * (3 * d + 2 * q + 2 * kv + 2 * f) + 4 * heads * seq_len
-    if policy == "dots_no_batch":
-        return p * (3 * d + q + 2 * kv + 2 * f)
+    if policy == "dots" and not flash:
+        return p * (2 * d + 2 * q + 2 * kv + 2 * f) + 4 * a * seq_len
+    if policy in ("dots", "dots_no_batch"):  # (a fused attention kernel is no dot either)
+        return p * (2 * d + q + 2 * kv + 2 * f)
     raise ValueError(f"unknown remat policy {policy!r}")
 
 
+def layer_weight_copy_bytes(cfg: ModelConfig, shards: int = 1) -> float:
+    """Bytes per layer of the compute-dtype weight copies autodiff keeps under remat "none".
+
+    Only when the compute dtype is narrower than the fp32 parameters; counted sharded like the
+    parameters (fsdp · tensor = `shards`).
+    """
+    p = np.dtype(cfg.dtype).itemsize
+    if cfg.remat_policy != "none" or p == 4:
+        return 0.0
+    h = cfg.head_dim
+    matmul = cfg.d_model * h * (2 * cfg.n_heads + 2 * cfg.n_kv_heads) + 3 * cfg.d_model * cfg.d_ff
+    return p * matmul / shards
+
+
 def activation_bytes(cfg: ModelConfig, seq_len: int, tokens: float, tensor: int = 1,
-                     flash: bool = False) -> float:
-    """Activation bytes for `tokens` tokens of one microbatch on one device, whole model."""
+                     flash: bool = False, shards: int = 1) -> float:
+    """Activation bytes for `tokens` tokens of one microbatch on one device, whole model.
+
+    n_layers · (per-layer saved bytes per token · tokens + weight copies) + tokens · (one
+    layer's "none" bytes as the backward working set + fp32 logits + attention mask).
+    """
     p = np.dtype(cfg.dtype).itemsize
     saved = cfg.n_layers * layer_activation_bytes(cfg, seq_len, None, tensor, flash)
-    work = 0.0 if cfg.remat_policy == "none" else layer_activation_bytes(
-        cfg, seq_len, "none", tensor, flash)
-    vocab = cfg.vocab_size / tensor
-    head = 2 * p * cfg.d_model + (8 + (p if p != 4 else 0)) * vocab + (0 if flash else seq_len)
-    return tokens * (saved + work + head)
+    work = layer_activation_bytes(cfg, seq_len, "none", tensor, flash)
+    vocab, heads = cfg.vocab_size / tensor, cfg.n_heads / tensor
+    once = work + (4 + (p if p != 4 else 0)) * vocab + (0 if flash else heads * seq_len)
+    return tokens * (saved + once) + cfg.n_layers * layer_weight_copy_bytes(cfg, shards)
 
 
 def memory_per_device(cfg: ModelConfig, *, seq_len: int, global_batch: int, mesh_sizes: dict,
@@ -174,7 +201,8 @@ def memory_per_device(cfg: ModelConfig, *, seq_len: int, global_batch: int, mesh
     n = sharded_param_elements(cfg, mesh_sizes, rules)
     tokens = global_batch // shards * seq_len
     mem = dict(params=4.0 * n, grads=4.0 * n * (2 if grad_accum > 1 else 1), optimizer=8.0 * n,
-               activations=activation_bytes(cfg, seq_len, tokens, mesh_sizes["tensor"], flash))
+               activations=activation_bytes(cfg, seq_len, tokens, mesh_sizes["tensor"], flash,
+                                            mesh_sizes["fsdp"] * mesh_sizes["tensor"]))
     mem["total"] = sum(mem.values())
     return mem
 

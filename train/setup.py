@@ -8,15 +8,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from model import sharding
+from model import estimate, sharding
 from model.config import ModelConfig
 from model.transformer import Transformer
 from train import optim
 from train.state import init_state, state_shardings
 
-# Datasheet dense bf16 peaks (FLOP/s) by jax device_kind prefix; CPU is measured on the spot.
-PEAK_FLOPS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
-              "TPU v4": 275e12, "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12}
+# jax device_kind prefixes of the accelerators whose datasheet peaks model/estimate.py keeps.
+DEVICE_KINDS = {"NVIDIA H100": "H100", "NVIDIA H200": "H200", "NVIDIA A100": "A100",
+                "Tesla V100": "V100", "TPU v4": "TPU v4", "TPU v5p": "TPU v5p",
+                "TPU v5 lite": "TPU v5e", "TPU v5e": "TPU v5e"}
 
 
 @dataclasses.dataclass
@@ -59,9 +60,9 @@ def make_train_state(setup: Setup, params, params_sh, optim_cfg, total_steps: in
 def peak_flops() -> float:
     """Per-device peak: the datasheet on accelerators, a measured matmul rate on CPU."""
     kind = jax.devices()[0].device_kind
-    for prefix, peak in PEAK_FLOPS.items():
+    for prefix, name in DEVICE_KINDS.items():
         if kind.startswith(prefix):
-            return peak
+            return estimate.accelerator(name).peak_flops
     return measured_cpu_matmul_flops()
 
 

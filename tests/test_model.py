@@ -1,0 +1,290 @@
+"""model/transformer.py: shapes, masking, scan/remat/KV-cache equivalences, RoPE, param count.
+
+All on the tiny "test" size (configs/common.py). The file compiles one init (unrolled layout,
+stacked into the scanned one) and shares jitted forwards through module-scoped fixtures.
+"""
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.common import model_config
+from model import transformer
+from model.config import REMAT_POLICIES, ModelConfig
+
+B, L = 2, 16
+ATOL = 1e-5
+# The tests compare programs compiled alike; skipping LLVM's optimisations halves CPU compile time.
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def _cfg(**overrides) -> ModelConfig:
+    return ModelConfig.from_config(model_config("test", **overrides))
+
+
+def _inputs(seed=0, b=B, length=L, vocab=320):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab, size=(b, length)).astype(np.int32)
+    positions = np.broadcast_to(np.arange(length, dtype=np.int32), (b, length)).copy()
+    return tokens, positions, np.ones((b, length), np.int32)
+
+
+def _init(model):
+    init = jit(lambda r: nn.meta.unbox(model.init(r, *_inputs())["params"]))
+    return init(jax.random.key(0))
+
+
+def _abstract_params(model, length=L):
+    boxed = jax.eval_shape(model.init, jax.random.key(0), *_inputs(length=length))
+    return nn.meta.unbox(boxed["params"])
+
+
+def _n_params(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _stack_layers(unrolled, n_layers):
+    """{layers_0: T, layers_1: T, ...} -> {layers: {block: T with a leading layer axis}}."""
+    rest = {k: v for k, v in unrolled.items() if not k.startswith("layers_")}
+    per_layer = [unrolled[f"layers_{i}"] for i in range(n_layers)]
+    return {**rest, "layers": {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)}}
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return _cfg()
+
+
+@pytest.fixture(scope="module")
+def unrolled_params(cfg):
+    """The one real init of this file (unrolled layout); `params` is its scanned twin."""
+    return _init(transformer.Transformer(dataclasses.replace(cfg, scan_layers=False)))
+
+
+@pytest.fixture(scope="module")
+def params(cfg, unrolled_params):
+    return _stack_layers(unrolled_params, cfg.n_layers)
+
+
+@pytest.fixture(scope="module")
+def forward(cfg):
+    """jit(apply) of the fp32 scanned LM; compiled once per input shape."""
+    model = transformer.Transformer(cfg)
+    return jit(lambda p, t, pos, seg: model.apply({"params": p}, t, pos, seg))
+
+
+# ---------------------------------------------------------------------------- shapes, dtypes
+
+
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("head", ["lm", "scalar"])
+def test_output_shapes_and_dtypes(compute_dtype, head):
+    cfg = _cfg(compute_dtype=compute_dtype)
+    model = transformer.Transformer(cfg, head=head)
+    tokens, positions, segs = _inputs()
+    boxed = jax.eval_shape(model.init, jax.random.key(0), tokens, positions, segs)["params"]
+    p = nn.meta.unbox(boxed)
+    assert {x.dtype for x in jax.tree.leaves(p)} == {jnp.dtype(jnp.float32)}
+    assert _n_params(p) == cfg.param_count(head)
+    out = jax.eval_shape(lambda q: model.apply({"params": q}, tokens, positions, segs), p)
+    want = (B, L, cfg.vocab_size) if head == "lm" else (B, L)
+    assert out.shape == want and out.dtype == jnp.float32
+
+
+def test_bfloat16_compute_is_close_to_float32(cfg, params, forward):
+    """Same fp32 params, bf16 matmuls: logits agree to bf16 precision (~3 significant digits)."""
+    bf16 = transformer.Transformer(dataclasses.replace(cfg, compute_dtype="bfloat16"))
+    inputs = _inputs()
+    got = jit(lambda p: bf16.apply({"params": p}, *inputs))(params)
+    want = forward(params, *inputs)
+    assert got.dtype == jnp.float32 and bool(jnp.isfinite(got).all())
+    err = float(jnp.abs(got - want).max())
+    assert err < 0.05 * float(jnp.abs(want).max()), err
+    assert err > 0, "bf16 compute should differ from fp32 at all"
+
+
+# ------------------------------------------------------------------------ masking / segments
+
+
+def test_causality(params, forward):
+    """The output at position t depends only on tokens at positions <= t."""
+    tokens, positions, segs = _inputs()
+    t = 6
+    changed = tokens.copy()
+    changed[:, t + 1:] = (tokens[:, t + 1:] + 7) % 320
+    a = forward(params, tokens, positions, segs)
+    b = forward(params, changed, positions, segs)
+    np.testing.assert_allclose(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=ATOL)
+    assert float(jnp.abs(a[:, t + 1:] - b[:, t + 1:]).max()) > 1e-3  # later outputs do change
+
+
+def _alone(doc):
+    """One document at the start of a row of length L, padding (segment 0) after it."""
+    n = len(doc)
+    tokens, positions, segs = np.zeros(L, np.int32), np.zeros(L, np.int32), np.zeros(L, np.int32)
+    tokens[:n], positions[:n], segs[:n] = doc, np.arange(n), 1
+    return tokens, positions, segs
+
+
+def test_no_attention_across_segments_or_to_padding(params, forward):
+    """Row 0 packs [pad x3 | doc A x6 | doc B x7] (segments 0, 1, 2).
+
+    Each document's outputs must equal those of the document alone in a row (positions restart
+    at 0), and changing the padding tokens must change no real token's output.
+    """
+    rng = np.random.default_rng(1)
+    doc_a, doc_b = rng.integers(0, 320, 6), rng.integers(0, 320, 7)
+    packed = (np.concatenate([[5, 9, 11], doc_a, doc_b]),
+              np.concatenate([[0, 0, 0], np.arange(6), np.arange(7)]),
+              np.repeat([0, 1, 2], [3, 6, 7]))
+    rows = [np.stack(r) for r in zip(packed, _alone(doc_b), strict=True)]
+    out = forward(params, *rows)
+    assert bool(jnp.isfinite(out).all()), "fully masked padding rows must not produce NaN"
+    np.testing.assert_allclose(out[0, 9:], out[1, :7], rtol=0, atol=ATOL)
+
+    b_repadded = _alone(doc_b)
+    b_repadded[0][7:] = 42  # other padding tokens: must not matter
+    out_a = forward(params, *[np.stack(r) for r in zip(_alone(doc_a), b_repadded, strict=True)])
+    np.testing.assert_allclose(out[0, 3:9], out_a[0, :6], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(out_a[1, :7], out[1, :7], rtol=0, atol=ATOL)
+    repadded = rows[0].copy()
+    repadded[0, :3] = [100, 200, 300]
+    out_repadded = forward(params, repadded, rows[1], rows[2])
+    np.testing.assert_allclose(out_repadded[0, 3:], out[0, 3:], rtol=0, atol=ATOL)
+
+
+# ------------------------------------------------------------------------ scan, remat, cache
+
+
+def test_scan_equals_unrolled(cfg, params, unrolled_params, forward):
+    scanned = _abstract_params(transformer.Transformer(cfg))
+    assert jax.tree.structure(scanned) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(params), strict=True):
+        assert a.shape == b.shape
+    unrolled = transformer.Transformer(dataclasses.replace(cfg, scan_layers=False))
+    inputs = _inputs(seed=2)
+    want = jit(lambda p: unrolled.apply({"params": p}, *inputs))(unrolled_params)
+    np.testing.assert_allclose(forward(params, *inputs), want, rtol=0, atol=ATOL)
+
+
+def _loss_and_grads(cfg, params, inputs, targets):
+    """Mean next-token cross-entropy and its gradients; the logits ride along as aux."""
+    model = transformer.Transformer(cfg)
+
+    def loss_fn(p):
+        logits = model.apply({"params": p}, *inputs)
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.take_along_axis(logp, targets[..., None], -1).mean(), logits
+
+    return jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+
+
+@pytest.fixture(scope="module")
+def loss_inputs():
+    tokens, positions, segs = _inputs(seed=3)
+    segs[1, :4] = 0  # some padding: its (fully masked) rows must keep gradients finite
+    return (tokens, positions, segs), jnp.roll(jnp.asarray(tokens), -1, axis=1)
+
+
+@pytest.fixture(scope="module")
+def no_remat(cfg, params, loss_inputs):
+    return _loss_and_grads(cfg, params, *loss_inputs)
+
+
+@pytest.mark.parametrize("policy,scan", [(p, True) for p in REMAT_POLICIES if p != "none"]
+                         + [("full", False)])
+def test_remat_equals_no_remat(cfg, params, unrolled_params, loss_inputs, no_remat, policy, scan):
+    (loss0, logits0), grads0 = no_remat
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads0))
+    remat_cfg = dataclasses.replace(cfg, remat_policy=policy, scan_layers=scan)
+    (loss, logits), grads = _loss_and_grads(remat_cfg, params if scan else unrolled_params,
+                                            *loss_inputs)
+    if not scan:
+        grads = _stack_layers(grads, cfg.n_layers)
+    np.testing.assert_allclose(loss, loss0, rtol=1e-6)
+    np.testing.assert_allclose(logits, logits0, rtol=0, atol=ATOL)
+    flat0 = dict(jax.tree_util.tree_leaves_with_path(grads0))
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        np.testing.assert_allclose(g, flat0[path], rtol=1e-5, atol=1e-5,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def test_kv_cache_decode_equals_full_forward(cfg, params, forward):
+    """Prefill 8 tokens, then decode 8 one at a time into a 24-slot cache; row 1 is left-padded.
+
+    Every step's logits must equal the full forward pass over the whole 16-token rows.
+    """
+    tokens, positions, segs = _inputs(seed=4)
+    segs[1, :3], positions[1, :3] = 0, 0
+    positions[1, 3:] = np.arange(L - 3)
+    want = forward(params, tokens, positions, segs)
+    model = transformer.Transformer(cfg)
+    step = jit(lambda p, t, pos, seg, c: model.apply({"params": p}, t, pos, seg, cache=c))
+    cache = transformer.init_cache(cfg, B, 24)
+    prompt = 8
+    got, cache = step(params, tokens[:, :prompt], positions[:, :prompt], segs[:, :prompt], cache)
+    real = segs[:, :prompt] != 0  # padding queries attend to nothing: their output is unused
+    np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want[:, :prompt])[real], rtol=0,
+                               atol=ATOL)
+    for t in range(prompt, L):
+        got, cache = step(params, tokens[:, t:t + 1], positions[:, t:t + 1], segs[:, t:t + 1],
+                          cache)
+        np.testing.assert_allclose(got[:, 0], want[:, t], rtol=0, atol=ATOL, err_msg=f"step {t}")
+    assert int(cache["index"]) == L
+    np.testing.assert_array_equal(cache["segment_ids"][:, :L], segs)
+    assert not np.asarray(cache["segment_ids"][:, L:]).any()
+
+
+# ------------------------------------------------------------------------------------- RoPE
+
+
+def test_rope_matches_complex_rotation_and_is_relative():
+    """q·k after RoPE depends only on m - n; each (x_i, x_{i+H/2}) pair turns by pos·θ^(-2i/H)."""
+    h, theta, n_pos = 16, 10000.0, 24
+    q, k = np.random.default_rng(5).normal(size=(2, h)).astype(np.float32)
+    pos = np.arange(n_pos, dtype=np.int32)[None]
+
+    def rope(x):
+        return np.asarray(transformer.apply_rope(jnp.broadcast_to(x, (1, n_pos, 1, h)), pos,
+                                                 theta))[0, :, 0]
+
+    rq, rk = rope(q), rope(k)
+    angles = pos[0, :, None] * theta ** (-np.arange(0, h, 2) / h)
+    z = (q[: h // 2] + 1j * q[h // 2:]) * np.exp(1j * angles)
+    np.testing.assert_allclose(rq, np.concatenate([z.real, z.imag], -1), rtol=0, atol=1e-5)
+    scores = rq @ rk.T  # scores[m, n] = <rope(q, m), rope(k, n)>
+    np.testing.assert_allclose(scores[1:, 1:], scores[:-1, :-1], rtol=0, atol=1e-4)
+    assert np.ptp(scores[0]) > 1e-2  # ... yet they do depend on m - n
+    np.testing.assert_allclose(scores[0, 0], q @ k, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- parameter count
+
+
+@pytest.mark.parametrize("overrides,head", [
+    ({}, "lm"),
+    ({"tie_embeddings": True}, "lm"),
+    ({"qkv_bias": True}, "lm"),
+    ({"qkv_bias": True, "tie_embeddings": True}, "scalar"),
+    ({"n_kv_heads": 1, "scan_layers": False}, "lm"),
+    ({"n_kv_heads": 4, "n_layers": 3}, "scalar"),
+])
+def test_param_count_equals_real_parameters(overrides, head):
+    cfg = _cfg(**overrides)
+    p = _abstract_params(transformer.Transformer(cfg, head=head), length=4)
+    assert _n_params(p) == cfg.param_count(head)
+
+
+def test_param_count_llama2_7b_hand_formula():
+    """Llama-2-7B: 2·V·d (embed + lm_head) + L·(4d² + 3·d·F + 2d) + d = 6,738,415,616."""
+    cfg = ModelConfig.from_config(model_config("7b"))
+    v, d, n_layers, f = 32000, 4096, 32, 11008
+    hand = 2 * v * d + n_layers * (4 * d * d + 3 * d * f + 2 * d) + d
+    assert hand == 6_738_415_616
+    assert cfg.param_count() == hand
+    assert _n_params(_abstract_params(transformer.Transformer(cfg), length=1)) == hand
