@@ -15,6 +15,8 @@ import pytest
 from data import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One CPU device in the stage processes (not the 8 virtual ones of the tests), fast compiles.
+ENV = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
 STAGES = ("pretrain", "sft", "collect", "reward", "ppo", "evaluate")
 
 
@@ -54,7 +56,7 @@ def smoke_run(tmp_path_factory):
     work = str(tmp_path_factory.mktemp("smoke") / "run")
     cmd = [sys.executable, "-m", "scripts.pipeline", f"--config=configs/pipeline/smoke.py:{data}",
            f"--config.workdir={work}", f"--config.cache_dir={data}/cache"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=ENV)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return work, str(data)
 
@@ -99,6 +101,6 @@ def test_finished_stages_are_skipped_on_rerun(smoke_run, tmp_path):
     work, data = smoke_run
     cmd = [sys.executable, "-m", "scripts.pipeline", f"--config=configs/pipeline/smoke.py:{data}",
            f"--config.workdir={work}", f"--config.cache_dir={data}/cache"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("skipped") == 8
