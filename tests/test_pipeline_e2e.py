@@ -29,9 +29,9 @@ def make_data(folder):
     for _ in range(600):
         lines.append(" ".join(rng.choice(words) for _ in range(rng.randint(5, 14))).capitalize()
                      + rng.choice([".", "?", "!"]))
-    with open(os.path.join(folder, "corpus.txt"), "w") as f:
-        for i in range(0, len(lines), 12):  # paragraphs = documents
-            f.write("\n".join(lines[i:i + 12]) + "\n\n")
+    with open(os.path.join(folder, "corpus.jsonl"), "w") as f:
+        for i in range(0, len(lines), 12):  # 12 lines = one document
+            f.write(json.dumps({"text": "\n".join(lines[i:i + 12])}) + "\n")
     with open(os.path.join(folder, "dialogues.jsonl"), "w") as f:
         for _ in range(40):
             q = " ".join(rng.choice(words) for _ in range(6))

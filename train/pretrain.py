@@ -82,6 +82,9 @@ def tokenize_corpus(tok: Tokenizer, corpus):
 
     train = {name: encode(s.train) for name, s in corpus.splits.items()}
     val = {name: encode(s.val) for name, s in corpus.splits.items() if s.val}
+    if not val:
+        raise ValueError("no validation documents: every source is too small to hold out a "
+                         "whole document (add documents or raise data.val_fraction)")
     for name in corpus.splits:
         corpus.splits[name].train_tokens = int(sum(len(d) for d in train[name]))
     return train, val

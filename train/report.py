@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from model.config import ModelConfig  # noqa: E402
 from train.metrics import read_metrics  # noqa: E402
 
 LABELLER = ("synthetic preferences from a programmatic labeller (a noisy Bradley-Terry rater "
@@ -106,16 +107,27 @@ def _cell(text: str, limit: int = 90) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def compute_table(root, summaries) -> str:
+def compute_table(root) -> str:
     compute = _load(os.path.join(root, "compute.json"), {})
     rows = ["| Stage | Tokens | FLOPs | Wall time | Peak memory (RSS) |",
             "|---|---:|---:|---:|---:|"]
     for stage, rec in compute.items():
-        s = summaries.get(stage) or {}
-        tokens, flops = s.get("train_tokens"), s.get("train_flops")
+        tokens, flops = training_compute(root, stage)
         rows.append(f"| {stage} | {_num(tokens)} | {_num(flops)} | {rec['wall_s']:.0f} s | "
                     f"{rec['max_rss_mb'] / 1024:.2f} GB |")
     return "\n".join(rows)
+
+
+def training_compute(root, stage):
+    """(tokens, FLOPs) of a fit()-based stage: steps × rows × seq_len, × FLOPs per token."""
+    cfg = _load(os.path.join(root, stage, "config.json"))
+    steps = [r["step"] for r in read_metrics(os.path.join(root, stage), "train")]
+    if not cfg or not steps or stage not in ("pretrain", "sft", "reward"):
+        return None, None
+    rows = cfg["data"]["batch_size"] * (2 if stage == "reward" else 1)  # reward: pairs
+    seq = cfg["data"]["seq_len"]
+    tokens = max(steps) * rows * seq
+    return tokens, tokens * ModelConfig.from_config(cfg["model"]).flops_per_token(seq)
 
 
 def _num(x) -> str:
@@ -170,7 +182,7 @@ def build(root: str) -> str:
         parts += [f"| {b['n']} | {b['kl']:.2f} | {b['gold_mean']:.3f} [{b['gold_ci'][0]:.3f}, "
                   f"{b['gold_ci'][1]:.3f}] | {b['rm_mean']:+.2f} |" for b in ev["best_of_n"]]
         parts.append("")
-    parts += ["## Compute per stage", "", compute_table(root, s), ""]
+    parts += ["## Compute per stage", "", compute_table(root), ""]
     text = "\n".join(parts)
     with open(os.path.join(root, "report.md"), "w") as f:
         f.write(text)

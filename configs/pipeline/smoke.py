@@ -3,8 +3,9 @@
     python -m scripts.pipeline --config configs/pipeline/smoke.py:DATA_DIR \\
         --config.workdir=/tmp/smoke
 
-DATA_DIR holds `corpus.txt` (pretraining text) and `dialogues.jsonl` ({"messages": [...]} rows):
-no download is needed. The model is the "test" size; numbers mean nothing, the plumbing does.
+DATA_DIR holds `corpus.jsonl` ({"text": ...} documents) and `dialogues.jsonl`
+({"messages": [...]} rows): no download is needed. The model is the "test" size; the numbers
+mean nothing, the plumbing does.
 """
 
 import os
@@ -22,7 +23,7 @@ def get_config(arg=None):
         stage.model = model
         stage.train.ckpt_every = 5
     pre, sft, rm, ppo = c.pretrain, c.sft, c.reward, c.ppo
-    pre.data.mixture = f"local:{os.path.join(data_dir, 'corpus.txt')}=1"
+    pre.data.mixture = f"local:{os.path.join(data_dir, 'corpus.jsonl')}=1"
     pre.data.update(dict(vocab_size=384, seq_len=64, batch_size=8, val_fraction=0.1))
     pre.train.update(dict(steps=10, eval_every=5, eval_batches=1, sample_every=10, log_every=5))
     sft.data.sft_mixture = f"tasks=0.8,local:{os.path.join(data_dir, 'dialogues.jsonl')}=0.2"
