@@ -1,0 +1,42 @@
+"""Collect preference pairs for the reward model: SFT samples, paired, labelled.
+
+    python -m scripts.collect_preferences --config configs/reward/tiny.py --workdir runs/prefs
+    python -m scripts.collect_preferences --config configs/reward/tiny.py \\
+        --config.collect.annotator=human          # label at the terminal; q quits, rerun resumes
+
+The default annotator gives synthetic preferences from a programmatic labeller (a noisy
+Bradley-Terry rater over the tasks' gold scorer), not human data. Writes <workdir>/train.jsonl,
+heldout.jsonl and, last, summary.json; a folder with summary.json is complete and left alone.
+The reward stage reads config.collect.out unless data.preferences / data.heldout name files.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from train import collect
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "reward experiment file", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "output folder (default: config.collect.out)")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or config.collect.out
+    if workdir != config.collect.out:
+        print(
+            f"note: writing to {workdir}; train the reward model with "
+            f"--config.collect.out={workdir} (or --config.data.preferences=...)"
+        )
+    summary = collect.run(config, workdir)
+    if not summary.get("complete", True):
+        sys.exit(130)  # a labelling session stopped early: not complete yet
+
+
+if __name__ == "__main__":
+    app.run(main)

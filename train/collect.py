@@ -1,0 +1,395 @@
+"""Stage 3a — preference collection: SFT samples, paired, labelled by an annotator.
+
+    python -m scripts.collect_preferences --config configs/reward/tiny.py --workdir runs/prefs
+
+1. Prompts: `collect.n_prompts` task prompts of the TRAIN split and `collect.heldout_prompts` of
+   the HELD-OUT split (data/tasks.py never puts one problem in both). Held-out pairs go to their
+   own file and are used only to evaluate the reward model.
+2. Samples: k replies per prompt from the SFT checkpoint (`init_from`), at `collect.temperature`
+   (the rendered prompt repeated k times through train.generation.ChatGenerator); each reply's
+   gold score (data.tasks.gold, halved when it never ended its turn) is recorded.
+3. Pairs: of the k(k−1)/2 index pairs of one prompt's samples, pairs whose two replies differ
+   (in text or in whether they ended) come first, in a seeded random order, then identical
+   ones; the first `pairs_per_prompt` are kept. An identical pair is kept only when too few
+   distinct ones exist; every annotator calls it a tie and it is skipped (and counted).
+4. Labels: `synthetic` — data.preferences.synthetic_label, the noisy Bradley-Terry rater over
+   gold: P(A ≻ B) = σ((g_A − g_B)/τ), flipped with probability ε (Gao et al. 2022). These are
+   synthetic preferences from a programmatic labeller, not human data. `human` — a person at
+   the terminal (data.preferences.HumanAnnotator); each label is appended as it is given, and a
+   later run skips every pair already in the output (by meta["pair_id"]) or recorded as tie /
+   skip in the side file, so a session can stop (q) and resume.
+
+Files in the workdir: candidates_<split>.json (the pairs to label, written once sampling is
+done, so resuming never re-samples), <split>.jsonl (the preference rows), <split>.skipped.jsonl
+(ties and skips), summary.json — written last: its presence marks the collection complete, and
+a complete collection is never redone.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+
+import jax
+import numpy as np
+
+from data import preferences as prefs
+from data import tasks as tasks_lib
+from data.tokenizer import Tokenizer, check_vocab
+from train import generation
+from train import setup as setup_lib
+from train.checkpoint import abstract_like, load_params
+from train.metrics import write_run_info
+
+SPLITS = ("train", "heldout")
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """Two sampled replies to one prompt, waiting for a label."""
+
+    pair_id: str
+    split: str
+    family: str
+    prompt_index: int
+    samples: tuple  # (i, j): sample indices of the two replies among the prompt's k
+    prompt: list  # messages ending with the user turn
+    responses: tuple  # (a, b) texts
+    terminated: tuple  # (bool, bool): the reply ended its turn with <|end|>
+    gold: tuple  # (float, float)
+
+    @property
+    def identical(self) -> bool:
+        return self.responses[0] == self.responses[1] and self.terminated[0] == self.terminated[1]
+
+    def preference(self, label: str, annotator: str) -> prefs.Preference:
+        """The preference row for label "a" or "b" (the winner becomes `chosen`)."""
+        c, r = (0, 1) if label == "a" else (1, 0)
+        meta = {
+            "pair_id": self.pair_id,
+            "split": self.split,
+            "family": self.family,
+            "prompt_index": self.prompt_index,
+            "samples": [self.samples[c], self.samples[r]],
+            "gold_chosen": self.gold[c],
+            "gold_rejected": self.gold[r],
+            "chosen_terminated": self.terminated[c],
+            "rejected_terminated": self.terminated[r],
+        }
+        return prefs.Preference(self.prompt, self.responses[c], self.responses[r], annotator, meta)
+
+
+def pair_id(split: str, prompt_index: int, samples, prompt, responses, terminated) -> str:
+    """Content hash: stable across runs, different for any change of prompt or replies."""
+    key = json.dumps(
+        [split, prompt_index, list(samples), prompt, list(responses), list(terminated)],
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def form_pairs(keys, n_pairs: int, rng) -> list[tuple[int, int]]:
+    """Up to n_pairs index pairs (i < j) of the k samples whose identities are `keys`:
+    pairs with keys[i] != keys[j] first (in random order), identical ones after."""
+    k = len(keys)
+    index = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    order = [index[o] for o in rng.permutation(len(index))]
+    distinct = [(i, j) for i, j in order if keys[i] != keys[j]]
+    same = [(i, j) for i, j in order if keys[i] == keys[j]]
+    return (distinct + same)[:n_pairs]
+
+
+def synthetic_name(tau: float, eps: float) -> str:
+    return f"synthetic-bt(tau={tau:g},eps={eps:g})"
+
+
+# ---------------------------------------------------------------------- sampling
+
+
+def task_prompts(cfg, split: str, words=None) -> list:
+    """The collection prompts of a split (deterministic in collect.seed), over the SFT run's
+    task words (its checkpoint's extras["task_words"]; None: data/tasks.py's fallback)."""
+    families = tuple(f for f in cfg.families.split(",") if f) or tasks_lib.FAMILIES
+    n = cfg.n_prompts if split == "train" else cfg.heldout_prompts
+    return tasks_lib.make_tasks(
+        families, n, seed=cfg.seed, split=split, difficulty=cfg.difficulty, words=words
+    )
+
+
+def load_lm_params(run_dir: str, setup, what: str = "init_from"):
+    """(LM params, extras) of the newest checkpoint in <run_dir>/ckpt, sharded for this setup."""
+    ckpt_dir = os.path.join(run_dir, "ckpt")
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(
+            f"{what}={run_dir!r}: no checkpoint folder {ckpt_dir} "
+            "(train the SFT stage first, or point the config at its run)"
+        )
+    shardings, abstract = setup.param_shardings("lm")
+    return load_params(ckpt_dir, abstract_like(abstract, shardings))
+
+
+def sample_candidates(gen, params, task_list, split: str, cfg, rng) -> tuple[list, dict]:
+    """(candidate pairs, sampling statistics) for the prompts of one split."""
+    prompts_msgs = [tasks_lib.prompt_messages(t) for t in task_list]
+    rendered = gen.render(prompts_msgs)
+    k = cfg.k
+    out = gen.generate_ids(params, [p for p in rendered for _ in range(k)], rng)
+    golds = generation.gold_scores(
+        [t for t in task_list for _ in range(k)], out.texts, out.terminated
+    )
+    pair_rng = np.random.default_rng([cfg.seed, SPLITS.index(split)])
+    cands = []
+    for n, task in enumerate(task_list):
+        sl = slice(n * k, (n + 1) * k)
+        texts, terms, gold = out.texts[sl], [bool(t) for t in out.terminated[sl]], golds[sl]
+        for i, j in form_pairs(list(zip(texts, terms)), cfg.pairs_per_prompt, pair_rng):
+            responses, terminated = (texts[i], texts[j]), (terms[i], terms[j])
+            cands.append(
+                Candidate(
+                    pair_id(split, n, (i, j), prompts_msgs[n], responses, terminated),
+                    split,
+                    task.family,
+                    n,
+                    (i, j),
+                    prompts_msgs[n],
+                    responses,
+                    terminated,
+                    (float(gold[i]), float(gold[j])),
+                )
+            )
+    stats = {
+        "prompts": len(task_list),
+        "samples": len(out.texts),
+        "mean_gold": float(np.mean(golds)),
+        "terminated": float(np.mean(out.terminated)),
+        "mean_length": float(np.mean(out.lengths)),
+    }
+    return cands, stats
+
+
+def save_candidates(path: str, cands: list, stats: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(
+            {"stats": stats, "pairs": [dataclasses.asdict(c) for c in cands]}, f, ensure_ascii=False
+        )
+    os.replace(tmp, path)  # a half-written file never looks complete
+
+
+def load_candidates(path: str) -> tuple[list, dict]:
+    with open(path, encoding="utf-8") as f:
+        obj = json.load(f)
+    tuples = ("samples", "responses", "terminated", "gold")
+    cands = [
+        Candidate(**{k: (tuple(v) if k in tuples else v) for k, v in row.items()})
+        for row in obj["pairs"]
+    ]
+    return cands, obj["stats"]
+
+
+# ---------------------------------------------------------------------- labelling
+
+
+def label_synthetic(cands, path: str, tau: float, eps: float, seed: int) -> dict:
+    """Labels every candidate with the noisy BT rater; writes all rows at once (atomically)."""
+    rng, name = np.random.default_rng(seed), synthetic_name(tau, eps)
+    ties = 0
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for c in cands:
+            label = prefs.synthetic_label(
+                c.gold[0], c.gold[1], tau, eps, rng, identical=c.identical
+            )
+            if label == "tie":
+                ties += 1
+                continue
+            f.write(json.dumps(c.preference(label, name).to_json(), ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return {"ties": ties, "skipped": 0, "complete": True}
+
+
+def _read_ids(path: str, key) -> dict:
+    """pair_id -> row for the parseable JSON rows of path (a torn last line is ignored)."""
+    found = {}
+    if not os.path.exists(path):
+        return found
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+                found[key(row)] = row
+            except (json.JSONDecodeError, TypeError, KeyError, AttributeError):
+                continue
+    return found
+
+
+def label_human(cands, path: str, skipped_path: str, annotator) -> dict:
+    """Asks the annotator about every candidate not yet labelled, tied or skipped; appends each
+    answer at once. Identical replies are recorded as ties without asking."""
+    done = set(_read_ids(path, lambda r: r["meta"]["pair_id"]))
+    done |= set(_read_ids(skipped_path, lambda r: r["pair_id"]))
+    todo = [c for c in cands if c.pair_id not in done]
+    complete = True
+    with prefs.PreferenceWriter(path) as writer, open(skipped_path, "a", encoding="utf-8") as side:
+        for n, c in enumerate(todo):
+            if c.identical:
+                label = "tie"
+            else:
+                annotator.out.write(f"\npair {len(cands) - len(todo) + n + 1} of {len(cands)}")
+                label = annotator.label(c.prompt, *c.responses)
+            if label == "quit":
+                complete = False
+                break
+            if label in ("a", "b"):
+                writer.write(c.preference(label, "human"))
+            else:
+                side.write(json.dumps({"pair_id": c.pair_id, "label": label}) + "\n")
+                side.flush()
+                os.fsync(side.fileno())
+    side_rows = _read_ids(skipped_path, lambda r: r["pair_id"]).values()
+    return {
+        "ties": sum(r["label"] == "tie" for r in side_rows),
+        "skipped": sum(r["label"] == "skip" for r in side_rows),
+        "complete": complete,
+    }
+
+
+def gold_agreement(rows) -> tuple[float, int]:
+    """Share of labelled pairs whose chosen reply has the higher gold, among pairs where gold
+    differs (and how many those are)."""
+    diffs = [r["meta"]["gold_chosen"] - r["meta"]["gold_rejected"] for r in rows]
+    diffs = [d for d in diffs if d != 0]
+    return (float(np.mean([d > 0 for d in diffs])) if diffs else float("nan")), len(diffs)
+
+
+# ---------------------------------------------------------------------- the stage
+
+
+def run(config, workdir: str | None = None, *, in_stream=None, out_stream=None) -> dict:
+    """Collects (or finishes collecting) train and held-out pairs; returns the summary.
+    Nothing is redone when <workdir>/summary.json exists."""
+    cfg = config.collect
+    workdir = workdir or cfg.out
+    summary_path = os.path.join(workdir, "summary.json")
+    if os.path.exists(summary_path):
+        print(f"preferences already collected in {workdir} (summary.json exists)")
+        with open(summary_path) as f:
+            return json.load(f)
+    if cfg.annotator not in ("synthetic", "human"):
+        raise ValueError(f"collect.annotator={cfg.annotator!r}: expected 'synthetic' or 'human'")
+    t0 = time.time()
+    write_run_info(workdir, config)
+    cands, stats = sample_all(config, workdir)
+    if cfg.annotator == "synthetic":
+        counts = {
+            s: label_synthetic(
+                cands[s],
+                os.path.join(workdir, f"{s}.jsonl"),
+                cfg.tau,
+                cfg.eps,
+                seed=cfg.seed * 2 + i,
+            )
+            for i, s in enumerate(SPLITS)
+        }
+        annotator_name = synthetic_name(cfg.tau, cfg.eps)
+    else:
+        annotator = prefs.HumanAnnotator(
+            in_stream or sys.stdin, out_stream or sys.stdout, random.Random(cfg.seed)
+        )
+        counts = {}
+        for s in SPLITS:
+            counts[s] = label_human(
+                cands[s],
+                os.path.join(workdir, f"{s}.jsonl"),
+                os.path.join(workdir, f"{s}.skipped.jsonl"),
+                annotator,
+            )
+            if not counts[s]["complete"]:
+                print(f"stopped: labels so far are saved in {workdir}; run again to resume")
+                return {"complete": False}
+        annotator_name = "human"
+    summary = write_summary(workdir, annotator_name, cands, stats, counts, time.time() - t0)
+    return summary
+
+
+def sampling_key(config) -> dict:
+    """What the candidates depend on (not the annotator): a resumed collection must match."""
+    labelling = ("annotator", "tau", "eps", "out")
+    key = {k: v for k, v in config.collect.to_dict().items() if k not in labelling}
+    return {**key, "init_from": config.init_from}
+
+
+def sample_all(config, workdir: str):
+    """Candidates and sampling statistics of both splits, sampled once and then reloaded."""
+    paths = {s: os.path.join(workdir, f"candidates_{s}.json") for s in SPLITS}
+    if not all(os.path.exists(p) for p in paths.values()):
+        cfg = config.collect
+        tok = Tokenizer(config.data.tokenizer)
+        check_vocab(tok, config.model.vocab_size)
+        setup = setup_lib.make_setup(config)
+        params, extras = load_lm_params(config.init_from, setup)
+        words = extras.get("task_words") or None
+        gen = generation.ChatGenerator(
+            setup,
+            tok,
+            cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            batch_size=cfg.batch_size,
+        )
+        for i, s in enumerate(SPLITS):
+            t = time.time()
+            cands, stats = sample_candidates(
+                gen,
+                params,
+                task_prompts(cfg, s, words),
+                s,
+                cfg,
+                jax.random.fold_in(jax.random.key(cfg.seed), i),
+            )
+            stats.update(sample_s=time.time() - t, sampling=sampling_key(config))
+            save_candidates(paths[s], cands, stats)
+            print(
+                f"{s}: {stats['samples']} samples of {stats['prompts']} prompts in "
+                f"{stats['sample_s']:.1f}s, mean gold {stats['mean_gold']:.3f}, "
+                f"ended {stats['terminated']:.0%}, {len(cands)} candidate pairs"
+            )
+    loaded = {s: load_candidates(p) for s, p in paths.items()}
+    for s, (_, stats) in loaded.items():
+        if stats.get("sampling", sampling_key(config)) != sampling_key(config):
+            raise ValueError(
+                f"{paths[s]} was sampled with other settings ({stats['sampling']}) "
+                f"than the config's; use another collect.out or delete {workdir}"
+            )
+    return {s: v[0] for s, v in loaded.items()}, {s: v[1] for s, v in loaded.items()}
+
+
+def write_summary(workdir, annotator_name, cands, stats, counts, wall_s) -> dict:
+    summary = {"annotator": annotator_name, "wall_s": wall_s}
+    for s in SPLITS:
+        rows = list(
+            _read_ids(os.path.join(workdir, f"{s}.jsonl"), lambda r: r["meta"]["pair_id"]).values()
+        )
+        agree, n_diff = gold_agreement(rows)
+        summary[s] = {
+            "pairs": len(rows),
+            "candidates": len(cands[s]),
+            "ties": counts[s]["ties"],
+            "skipped": counts[s]["skipped"],
+            "gold_agreement": agree,
+            "gold_differs": n_diff,
+            **stats[s],
+        }
+        print(
+            f"{s}: {len(rows)} pairs labelled by {annotator_name} ({counts[s]['ties']} ties "
+            f"skipped); chosen has the higher gold in {agree:.1%} of {n_diff} pairs where "
+            "gold differs"
+        )
+    tmp = os.path.join(workdir, "summary.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(tmp, os.path.join(workdir, "summary.json"))
+    return summary
