@@ -102,6 +102,7 @@ def model_config(size: str, **overrides) -> ml_collections.ConfigDict:
         compute_dtype="float32",
         remat_policy="none",
         scan_layers=True,
+        attention="einsum",
     )
     cfg.update(MODEL_SIZES[size])
     cfg.update(overrides)

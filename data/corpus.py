@@ -7,7 +7,9 @@ With T training tokens and weights w_s, source s contributes T_s = T * w_s / sum
 """
 
 import os
-from collections.abc import Iterator
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from data import sources, textclean
@@ -200,3 +202,23 @@ def corpus_summary(corpus: Corpus) -> str:
             f"{len(s.val)} | {s.val_chars:,} |"
         )
     return "\n".join(rows)
+
+
+_WORD_RUN = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")  # letters, apostrophes inside
+
+
+def common_words(texts: Iterable[str], n: int) -> list[str]:
+    """The n most frequent words of `texts` that are lowercase ASCII letters only, after
+    lowercasing: the task vocabulary ("words come from the corpus vocabulary").
+
+    Words are runs of letters (contractions such as "don't" are one word and, holding an
+    apostrophe, never qualify). Ties break alphabetically, so the list depends only on the
+    texts. Fewer than n are returned when the texts hold fewer distinct words.
+    """
+    if n < 1:
+        raise ValueError(f"common_words: n must be >= 1, got {n}")
+    counts = Counter()
+    for text in texts:
+        counts.update(w for w in _WORD_RUN.findall(text.lower()) if w.isascii() and w.isalpha())
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [w for w, _ in ranked[:n]]

@@ -29,6 +29,9 @@ class ModelConfig:
     compute_dtype: str = "float32"
     remat_policy: str = "none"
     scan_layers: bool = True
+    # "einsum": grouped head-major einsums (fastest on CPU); "dot_product":
+    # jax.nn.dot_product_attention (lets jax pick a fused kernel where one applies).
+    attention: str = "einsum"
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
@@ -40,6 +43,8 @@ class ModelConfig:
             raise ValueError(f"model.head_dim={self.head_dim} must be even for RoPE")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"model.remat_policy={self.remat_policy!r} not in {REMAT_POLICIES}")
+        if self.attention not in ("einsum", "dot_product"):
+            raise ValueError(f"model.attention={self.attention!r}: 'einsum' or 'dot_product'")
         if self.compute_dtype not in DTYPES:
             raise ValueError(f"model.compute_dtype={self.compute_dtype!r} not in {tuple(DTYPES)}")
 

@@ -288,3 +288,25 @@ def test_param_count_llama2_7b_hand_formula():
     assert hand == 6_738_415_616
     assert cfg.param_count() == hand
     assert _n_params(_abstract_params(transformer.Transformer(cfg), length=1)) == hand
+
+
+def test_einsum_attention_equals_dot_product_attention():
+    """The grouped einsum path equals jax.nn.dot_product_attention, masks and GQA included."""
+    from model.transformer import attention_mask, grouped_attention
+
+    rng = np.random.default_rng(0)
+    b, length, n, kh, h = 2, 7, 4, 2, 8
+    q = jnp.asarray(rng.standard_normal((b, length, n, h)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((b, length, kh, h)), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((b, length, kh, h)), jnp.float32)
+    slots = jnp.broadcast_to(jnp.arange(length), (b, length))
+    segs = jnp.asarray([[0, 0, 1, 1, 1, 2, 2], [1, 1, 1, 1, 1, 1, 1]], jnp.int32)
+    mask = attention_mask(slots, segs, slots, segs)
+    ours = grouped_attention(q, k, v, mask)
+    ref = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    real = np.asarray(segs != 0)  # padding queries see no key: their outputs are arbitrary
+    np.testing.assert_allclose(np.asarray(ours)[real], np.asarray(ref)[real], atol=1e-5)
+    cfg = ModelConfig.from_config(model_config("test"))
+    assert dataclasses.replace(cfg, attention="dot_product").attention == "dot_product"
+    with pytest.raises(ValueError, match="model.attention"):
+        dataclasses.replace(cfg, attention="flash")

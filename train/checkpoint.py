@@ -72,16 +72,25 @@ def abstract_like(tree, shardings):
     )
 
 
+def _path_name(path) -> str:
+    """"opt_state/0/mu/w" for a key path. Orbax's metadata tree holds dataclass and NamedTuple
+    fields (TrainState, optax states) as dict keys, so attribute, dict and index keys must
+    compare equal by name."""
+    names = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                names.append(str(getattr(k, attr)))
+                break
+        else:
+            names.append(str(k))
+    return "/".join(names)
+
+
 def check_compatible(saved_metadata, abstract_state, directory: str):
     """Raises a one-line error naming the first parameter whose saved shape differs."""
-    saved = {
-        jax.tree_util.keystr(k): v
-        for k, v in jax.tree_util.tree_flatten_with_path(saved_metadata)[0]
-    }
-    wanted = {
-        jax.tree_util.keystr(k): v
-        for k, v in jax.tree_util.tree_flatten_with_path(abstract_state)[0]
-    }
+    saved = {_path_name(k): v for k, v in jax.tree_util.tree_flatten_with_path(saved_metadata)[0]}
+    wanted = {_path_name(k): v for k, v in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
     missing = sorted(set(wanted) - set(saved))
     if missing:
         raise ValueError(
