@@ -30,5 +30,5 @@ def get_config(arg=None):
     c.mesh = common.mesh_config()
     c.data = data_config()
     c.optim = common.optim_config(lr=3e-3, warmup_steps=50)
-    c.train = common.train_config(steps=600, eval_every=200, ckpt_every=200, sample_every=300)
+    c.train = common.train_config(steps=450, eval_every=150, ckpt_every=150, sample_every=225)
     return common.lock(c)
