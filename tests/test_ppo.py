@@ -54,7 +54,7 @@ def _config(tokenizer, root):
     c.ppo.iterations, c.ppo.epochs, c.ppo.minibatches = ITERATIONS, 4, 2
     c.ppo.eos_trick = False  # a random policy almost never ends its reply
     c.kl.coef = 0.01  # the toy reward is worth a few tokens; β = 0.05 would hold it back
-    c.optim.lr, c.critic_optim.lr = 3e-3, 1e-2
+    c.optim.lr, c.optim.warmup_steps, c.critic_optim.lr = 3e-3, 0, 1e-2
     c.eval.n_prompts, c.eval.every = 16, 3
     c.best_of_n.ns, c.best_of_n.n_prompts = "1,2", 8
     c.train.ckpt_every = 100  # only the stop / the end checkpoint

@@ -73,9 +73,9 @@ def abstract_like(tree, shardings):
 
 
 def _path_name(path) -> str:
-    """"opt_state/0/mu/w" for a key path. Orbax's metadata tree holds dataclass and NamedTuple
-    fields (TrainState, optax states) as dict keys, so attribute, dict and index keys must
-    compare equal by name."""
+    """A key path as names joined by "/" (e.g. opt_state/0/mu/w). Orbax's metadata tree holds
+    dataclass and NamedTuple fields (TrainState, optax states) as dict keys, so attribute, dict
+    and index keys must compare equal by name."""
     names = []
     for k in path:
         for attr in ("key", "name", "idx"):
@@ -113,6 +113,7 @@ def load_params(directory: str, abstract_params, step: int | None = None):
     Reads the "params" subtree of the saved TrainState (a partial restore: the optimizer state
     of the source run is never touched or needed).
     """
+    directory = os.path.abspath(directory)  # orbax's metadata reader misses relative paths
     ckpt = Checkpoints(directory, async_save=False)
     step = ckpt.latest_step() if step is None else step
     if step is None:
