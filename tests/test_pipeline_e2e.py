@@ -92,7 +92,7 @@ def test_each_stage_consumes_the_previous_one(smoke_run):
     assert cfg["reward"]["collect"]["out"] == os.path.join(work, "collect")
     assert (cfg["ppo"]["sft_from"], cfg["ppo"]["reward_from"]) == (
         os.path.join(work, "sft"), os.path.join(work, "reward"))
-    assert _summary(work, "reward")["train_pairs"] == _summary(work, "collect")["train_pairs"]
+    assert _summary(work, "reward")["train_pairs"] == _summary(work, "collect")["train"]["pairs"]
     ev = _summary(work, "evaluate")
     assert set(ev["policies"]) == {"base", "sft", "ppo"}
 
