@@ -15,7 +15,7 @@ from absl import app, flags
 
 from data import chat, dialogues
 from data.tokenizer import Tokenizer, check_vocab
-from train import reward
+from train import reward, reward_data
 from train import setup as setup_lib
 
 _RUN = flags.DEFINE_string("run", None, "reward model run folder (config.json + ckpt/)")
@@ -66,10 +66,10 @@ def score_file(
     rows = dialogues.read_jsonl(in_path, parse_row, max_bad_fraction)
     setup = setup_lib.make_setup(config)
     params, norm = reward.load_reward_model(run_dir, setup)
-    scorer = reward.Scorer(
+    scorer = reward_data.Scorer(
         setup, setup.param_shardings("scalar")[0], batch_size, config.data.seq_len, tok.pad_id
     )
-    seqs = [reward.render_reply(tok, p, r, t)[0] for _, p, r, t in rows]
+    seqs = [reward_data.render_reply(tok, p, r, t)[0] for _, p, r, t in rows]
     rewards = [float(x) for x in norm(scorer(params, seqs))]
     with open(out_path, "w", encoding="utf-8") as f:
         for (obj, *_), value in zip(rows, rewards, strict=True):

@@ -19,7 +19,7 @@ from model.config import ModelConfig
 from model.transformer import Transformer
 from scripts import score as score_script
 from tests.test_collect import make_sft_checkpoint, tiny_config
-from train import reward
+from train import reward, reward_data
 from train import setup as setup_lib
 
 
@@ -38,13 +38,15 @@ def rm():
     )
     # a larger head, so rewards differ clearly between conversations
     params["score"]["kernel"] = params["score"]["kernel"] * 10
-    return model, params, jax.jit(functools.partial(reward.score_sequences, model))
+    return model, params, jax.jit(functools.partial(reward_data.score_sequences, model))
 
 
 def conversations(tok, n=3):
     out = []
     for t in tasks.make_tasks(tasks.FAMILIES, n, seed=0):
-        ids, _ = reward.render_reply(tok, tasks.prompt_messages(t), t.answer[: 5 + 7 * len(out)])
+        ids, _ = reward_data.render_reply(
+            tok, tasks.prompt_messages(t), t.answer[: 5 + 7 * len(out)]
+        )
         out.append(ids)
     return out
 
@@ -74,31 +76,31 @@ def test_heldout_metrics_against_labels_and_gold():
 
 def test_last_index_under_left_and_right_padding():
     segs = np.array([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 1, 0]])
-    assert reward.compute_last_index(jnp.asarray(segs)).tolist() == [2, 4, 4, 3]
+    assert reward_data.compute_last_index(jnp.asarray(segs)).tolist() == [2, 4, 4, 3]
 
 
 def test_reward_is_the_same_left_or_right_padded(tokenizer, rm):
     model, params, score = rm
     seqs = conversations(tokenizer)
-    right = reward.right_pad(seqs, tokenizer.pad_id, 64)
-    left = dict(zip(reward.KEYS, sampler.left_pad(seqs, tokenizer.pad_id, 64)))
+    right = reward_data.right_pad(seqs, tokenizer.pad_id, 64)
+    left = dict(zip(reward_data.KEYS, sampler.left_pad(seqs, tokenizer.pad_id, 64)))
     r_right, r_left = score(params, right), score(params, left)
     np.testing.assert_allclose(r_right, r_left, atol=1e-5)
     assert np.ptp(np.asarray(r_right)) > 1e-3  # different conversations, different rewards
     end = tokenizer.special_id("<|end|>")
     for rows in (right, left):  # read at the <|end|> closing the reply
-        last = reward.compute_last_index(jnp.asarray(rows["segment_ids"]))
+        last = reward_data.compute_last_index(jnp.asarray(rows["segment_ids"]))
         assert (rows["tokens"][np.arange(len(seqs)), np.asarray(last)] == end).all()
     # an unterminated reply is read at its own last token
-    cut, _ = reward.render_reply(tokenizer, [{"role": "user", "content": "Hi"}], "Hel", False)
+    cut, _ = reward_data.render_reply(tokenizer, [{"role": "user", "content": "Hi"}], "Hel", False)
     assert cut[-1] != end and cut[-len(tokenizer.encode("Hel")) :] == tokenizer.encode("Hel")
 
 
 def test_one_combined_forward_equals_two_separate(tokenizer, rm):
     model, params, score = rm
     seqs = conversations(tokenizer, 4)
-    chosen = reward.right_pad(seqs[:2], tokenizer.pad_id, 64)
-    rejected = reward.right_pad(seqs[2:], tokenizer.pad_id, 64)
+    chosen = reward_data.right_pad(seqs[:2], tokenizer.pad_id, 64)
+    rejected = reward_data.right_pad(seqs[2:], tokenizer.pad_id, 64)
     batch = {
         f"{side}_{k}": v
         for side, rows in (("chosen", chosen), ("rejected", rejected))
@@ -137,15 +139,15 @@ def test_pair_iterator_resumes_exactly_and_covers_each_epoch():
 
     mesh = sharding.make_mesh(dict(data=1, fsdp=-1, tensor=1))
     ids = np.arange(20, dtype=np.int32)[:, None] + np.zeros((1, 4), np.int32)
-    arrays = {f"{side}_{k}": ids for side in ("chosen", "rejected") for k in reward.KEYS}
-    it = reward.PairIterator(arrays, 8, mesh, seed=3)
+    arrays = {f"{side}_{k}": ids for side in ("chosen", "rejected") for k in reward_data.KEYS}
+    it = reward_data.PairIterator(arrays, 8, mesh, seed=3)
     first = [np.asarray(next(it)["chosen_tokens"])[:, 0] for _ in range(5)]  # 40 rows, 2 epochs
     assert sorted(np.concatenate(first)[:16].tolist()) != list(range(16))  # shuffled
     assert sorted(np.concatenate(first)[:20].tolist()) == list(range(20))  # each pair once
-    it = reward.PairIterator(arrays, 8, mesh, seed=3)
+    it = reward_data.PairIterator(arrays, 8, mesh, seed=3)
     for _ in range(3):
         next(it)
-    again = reward.PairIterator(arrays, 8, mesh, seed=3)
+    again = reward_data.PairIterator(arrays, 8, mesh, seed=3)
     again.set_state(json.loads(json.dumps(it.get_state())))
     for want in first[3:]:
         np.testing.assert_array_equal(np.asarray(next(again)["chosen_tokens"])[:, 0], want)
@@ -190,7 +192,9 @@ def test_reward_stage_learns_and_normalises(tokenizer, tmp_path):
     seqs = reward.normalisation_sample(tokenizer, pairs, 1024, config.seed)
     assert len(seqs) == 128  # every distinct reply of the 64 pairs
     scores = np.asarray(
-        reward.make_reward_fn(setup, params, norm)(reward.right_pad(seqs, tokenizer.pad_id, 64))
+        reward.make_reward_fn(setup, params, norm)(
+            reward_data.right_pad(seqs, tokenizer.pad_id, 64)
+        )
     )
     assert np.mean(scores) == pytest.approx(0.0, abs=1e-4)  # gain and bias were applied:
     assert np.std(scores) == pytest.approx(1.0, abs=1e-4)  # the raw scores are far from it

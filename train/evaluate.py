@@ -16,7 +16,7 @@ import numpy as np
 
 from data import tasks as tasks_lib
 from data.tokenizer import Tokenizer
-from train import best_of_n, rl_math, sft
+from train import best_of_n, reward_data, rl_math, sft
 from train import reward as reward_lib
 from train import setup as setup_lib
 from train.checkpoint import abstract_like, load_params
@@ -32,11 +32,11 @@ def load_pipeline_config(root: str) -> ml_collections.ConfigDict:
 
 def score_replies(reward_fn, tok, tasks, texts, terminated, seq_len, batch_multiple):
     """Normalised reward-model score of each (prompt, reply)."""
-    seqs = [reward_lib.render_reply(tok, tasks_lib.prompt_messages(t), x, bool(e), seq_len)[0]
+    seqs = [reward_data.render_reply(tok, tasks_lib.prompt_messages(t), x, bool(e), seq_len)[0]
             for t, x, e in zip(tasks, texts, terminated, strict=True)]
     n = len(seqs)
     seqs += [seqs[-1]] * (-n % batch_multiple)
-    batch = reward_lib.right_pad(seqs, tok.pad_id, max(map(len, seqs)))
+    batch = reward_data.right_pad(seqs, tok.pad_id, max(map(len, seqs)))
     return np.asarray(reward_fn(batch))[:n].astype(np.float64)
 
 
