@@ -177,15 +177,6 @@ def document_weights(docs_by_source: Mapping[str, Sequence], weights: Mapping[st
     }
 
 
-def tokens_per_source(weights: Mapping[str, float], num_tokens: int) -> dict[str, int]:
-    """Tokens drawn from each source in `num_tokens` training tokens: num_tokens · w_s / Σ w.
-
-    Divide by a source's size in tokens to get its epochs (the LLaMA-table column).
-    """
-    total = float(sum(weights.values()))
-    return {name: int(round(num_tokens * w / total)) for name, w in weights.items()}
-
-
 def make_lm_dataset(
     docs_by_source: Mapping[str, Sequence[np.ndarray]],
     weights: Mapping[str, float] | None,
