@@ -103,8 +103,8 @@ def sample_tokens(logits_BxV, rng, sampling: Sampling):
 
 
 def _constrain_cache(cache):
-  """Cache K/V are [layers, B, S, K, H]: batch over ("data", "fsdp"), kv heads over "tensor"."""
-  names = ("layers", "batch", "length", "act_heads", "head_dim")
+  """Cache K/V are [layers, B, K, S, H]: batch over ("data", "fsdp"), kv heads over "tensor"."""
+  names = ("layers", "batch", "act_heads", "length", "head_dim")
   return dict(cache, k=nn.with_logical_constraint(cache["k"], names),
               v=nn.with_logical_constraint(cache["v"], names))
 

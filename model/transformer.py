@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from model.config import ModelConfig
 
-Cache = dict  # {"k": [n_layers,B,S,K,H], "v": same, "segment_ids": [B,S], "index": int32 scalar}
+Cache = dict  # {"k": [n_layers,B,K,S,H], "v": same, "segment_ids": [B,S], "index": int32 scalar}
 
 _REMAT = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -62,21 +62,22 @@ def attention_mask(q_slots_BxL, q_segs_BxL, k_slots_BxS, k_segs_BxS):
     return (causal & same)[:, None]
 
 
-def grouped_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_Bx1xLxS):
+def grouped_attention(q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS):
     """softmax(q·kᵀ/√H + mask)·v with the N query heads grouped over the K kv heads (GQA).
 
-    Head-major einsums, scores and softmax in fp32. On CPU this is ~2× faster than
-    jax.nn.dot_product_attention's XLA path, which vmaps over the group axis
-    (docs/performance.md). A row with no visible key (padding) gets uniform weights, not NaN.
+    Keys and values head-major (the KV-cache layout); head-major einsums, scores and softmax in
+    fp32. On CPU this is ~2× faster than jax.nn.dot_product_attention's XLA path, which vmaps
+    over the group axis (docs/performance.md). A row with no visible key (padding) gets uniform
+    weights, not NaN.
     """
     b, length, n, h = q_BxLxNxH.shape
-    kh = k_BxSxKxH.shape[2]
+    kh = k_BxKxSxH.shape[1]
     q_BxLxKxGxH = q_BxLxNxH.reshape(b, length, kh, n // kh, h)
-    scores = jnp.einsum("blkgh,bskh->bkgls", q_BxLxKxGxH, k_BxSxKxH,
+    scores = jnp.einsum("blkgh,bksh->bkgls", q_BxLxKxGxH, k_BxKxSxH,
                         preferred_element_type=jnp.float32) * (h**-0.5)
     scores = jnp.where(mask_Bx1xLxS[:, :, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxH.dtype)
-    out = jnp.einsum("bkgls,bskh->blkgh", probs, v_BxSxKxH)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxH.dtype)
+    out = jnp.einsum("bkgls,bksh->blkgh", probs, v_BxKxSxH)
     return out.reshape(b, length, n, h)
 
 
@@ -134,18 +135,22 @@ class Attention(nn.Module):
         q = apply_rope(q, positions_BxL, cfg.rope_theta)
         k = apply_rope(k, positions_BxL, cfg.rope_theta)
         q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "head_dim"))
+        # Keys/values head-major [B, K, S, H]: the cache layout, so decoding reads the cache
+        # without transposing it every step (docs/performance.md).
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
         k_slots, k_segs = slots_BxL, segs_BxL
         if kv_cache is not None:  # write this call's keys/values at the cache index, attend to all
             cache_k, cache_v, k_segs, index = kv_cache
-            k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
+            k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=2)
+            v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=2)
             kv_cache = (k, v)
-            k_slots = jnp.broadcast_to(jnp.arange(k.shape[1]), k_segs.shape)
+            k_slots = jnp.broadcast_to(jnp.arange(k.shape[2]), k_segs.shape)
         mask = attention_mask(slots_BxL, segs_BxL, k_slots, k_segs)
         k, v = k.astype(q.dtype), v.astype(q.dtype)
         if cfg.attention == "einsum":
             out_BxLxNxH = grouped_attention(q, k, v, mask)
         else:
+            k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
             out_BxLxNxH = jax.nn.dot_product_attention(q, k, v, mask=mask)
         out = HeadsProj(cfg, n, "q_heads", out=True, name="o_proj")(out_BxLxNxH)
         return out, kv_cache
@@ -303,8 +308,9 @@ class Transformer(nn.Module):
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> Cache:
-    """Empty KV cache for `length` slots; segment 0 marks slots nothing may attend to."""
-    shape = (cfg.n_layers, batch, length, cfg.n_kv_heads, cfg.head_dim)
+    """Empty head-major KV cache [layers, B, K, S, H] for `length` slots; segment 0 marks slots
+    nothing may attend to."""
+    shape = (cfg.n_layers, batch, cfg.n_kv_heads, length, cfg.head_dim)
     dtype = dtype or cfg.dtype
     return dict(
         k=jnp.zeros(shape, dtype),

@@ -302,7 +302,7 @@ def test_einsum_attention_equals_dot_product_attention():
     slots = jnp.broadcast_to(jnp.arange(length), (b, length))
     segs = jnp.asarray([[0, 0, 1, 1, 1, 2, 2], [1, 1, 1, 1, 1, 1, 1]], jnp.int32)
     mask = attention_mask(slots, segs, slots, segs)
-    ours = grouped_attention(q, k, v, mask)
+    ours = grouped_attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
     ref = jax.nn.dot_product_attention(q, k, v, mask=mask)
     real = np.asarray(segs != 0)  # padding queries see no key: their outputs are arbitrary
     np.testing.assert_allclose(np.asarray(ours)[real], np.asarray(ref)[real], atol=1e-5)
