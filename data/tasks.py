@@ -48,6 +48,8 @@ import random
 import re
 from collections.abc import Callable, Sequence
 
+from data import text_match as tm
+
 HELDOUT_FRACTION = 0.2
 NEAR, BURIED, UNTERMINATED, MAX_SENTENCES = 0.6, 0.8, 0.5, 8
 _MAX_TRIES = 2000
@@ -109,68 +111,19 @@ def number_to_words(n: int) -> str:
 
 # ---------------------------------------------------------------- scoring pieces
 
-_NUM = re.compile(r"-?\d+")
-_QUOTED = re.compile(r"[\"“”]([^\"“”]+)[\"“”]")  # double quotes: apostrophes are not quotes
-_WORD = re.compile(r"[A-Za-z]+")
-
-
-def _numbers(s: str) -> list[int]:
-    return [int(x) for x in _NUM.findall(s)]
-
-
 def _near_number(x: int, y: int) -> float:
     return 1.0 if x == y else NEAR * math.exp(-3.0 * abs(x - y) / max(abs(y), 5))
-
-
-def _levenshtein(x: str, y: str) -> int:
-    prev = list(range(len(y) + 1))
-    for i, cx in enumerate(x, 1):
-        cur = [i]
-        for j, cy in enumerate(y, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (cx != cy)))
-        prev = cur
-    return prev[-1]
 
 
 def _near_string(x: str, y: str) -> float:
     if x == y:
         return 1.0
-    sim = 1.0 - _levenshtein(x, y) / max(len(x), len(y), 1)
+    sim = 1.0 - tm.levenshtein(x, y) / max(len(x), len(y), 1)
     return NEAR * sim**3
 
 
-def _lcs(x: list, y: list) -> int:
-    prev = [0] * (len(y) + 1)
-    for cx in x:
-        cur = [0]
-        for j, cy in enumerate(y, 1):
-            cur.append(prev[j - 1] + 1 if cx == cy else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
-
-
-def _last_quoted_or(s: str, fallback: Callable[[str], str]) -> str:
-    quoted = _QUOTED.findall(s)
-    return quoted[-1].strip() if quoted else fallback(s)
-
-
-def _last_word(s: str) -> str:
-    words = _WORD.findall(s)
-    return words[-1] if words else ""
-
-
-def _after_is(s: str) -> str:
-    tail = s.rsplit(" is ", 1)[-1]
-    return tail.strip().rstrip(".!?").strip()
-
-
-def _norm_words(s: str) -> str:
-    s = re.sub(r"[-,]", " ", s.lower())
-    return " ".join(w for w in s.split() if w != "and")
-
-
 def _score_number(spec, s: str) -> float:
-    nums = _numbers(s)
+    nums = tm.numbers(s)
     return _near_number(nums[-1], spec["target"]) if nums else 0.0
 
 
@@ -185,7 +138,7 @@ def _score_compare(spec, s: str) -> float:
     if m:
         x = int(m.group(1))
     else:  # "13 is smaller than 27" answers "larger?" with its last number
-        nums = _numbers(s)
+        nums = tm.numbers(s)
         if not nums:
             return 0.0
         x = nums[-1]
@@ -196,16 +149,16 @@ def _score_compare(spec, s: str) -> float:
 
 
 def _score_reverse(spec, s: str) -> float:
-    return _near_string(_last_quoted_or(s, _last_word).lower(), spec["target"])
+    return _near_string(tm.last_quoted_or(s, tm.last_word).lower(), spec["target"])
 
 
 def _score_uppercase(spec, s: str) -> float:
-    return _near_string(_last_quoted_or(s, _last_word), spec["target"])
+    return _near_string(tm.last_quoted_or(s, tm.last_word), spec["target"])
 
 
 def words_to_number(text: str) -> int | None:
     """Inverse of number_to_words, lenient about hyphens and "and"; None if not number words."""
-    total, current, words = 0, 0, _norm_words(text).split()
+    total, current, words = 0, 0, tm.norm_words(text).split()
     for w in words:
         if w in _WORD_VALUE:
             current += _WORD_VALUE[w]
@@ -219,7 +172,7 @@ def words_to_number(text: str) -> int | None:
 
 
 def _score_words(spec, s: str) -> float:
-    x, y = _norm_words(_last_quoted_or(s, _after_is)), _norm_words(spec["target"])
+    x, y = tm.norm_words(tm.last_quoted_or(s, tm.after_is)), tm.norm_words(spec["target"])
     if x == y:
         return 1.0
     # "four" for 5 is a near miss in value though far in spelling: take the better credit
@@ -229,10 +182,10 @@ def _score_words(spec, s: str) -> float:
 
 
 def _score_sort(spec, s: str) -> float:
-    x, y = _numbers(s.rsplit(":", 1)[-1]), spec["target"]
+    x, y = tm.numbers(s.rsplit(":", 1)[-1]), spec["target"]
     if x == y:
         return 1.0
-    return NEAR * _lcs(x, y) / max(len(x), len(y))
+    return NEAR * tm.lcs(x, y) / max(len(x), len(y))
 
 
 # ---------------------------------------------------------------- families
