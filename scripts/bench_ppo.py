@@ -129,7 +129,7 @@ def bench_ppo(size, batch, prompt_len, new_tokens, *, dtype="float32", repeats=3
 
 
 def _print(res):
-    from scripts.bench import print_table
+    from scripts.bench_print import print_table
 
     rows = [
         ("model", f"{res['size']}: {res['params'] / 1e6:.2f}M params (x4 roles), {res['dtype']}"),
