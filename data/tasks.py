@@ -399,13 +399,21 @@ def _sentences(text: str) -> list[str]:
     return [s for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
 
 
+def _sentence_scores(task: Task, text: str) -> list[float]:
+    return [_F[task.family].score(task.spec, s) for s in _sentences(text)[:MAX_SENTENCES]]
+
+
+def correctness(task: Task, response: str) -> float:
+    """The best sentence's correctness c alone: gold without its position, length and
+    termination factors (what the reply says, not how it says it)."""
+    return max(_sentence_scores(task, response.strip()), default=0.0)
+
+
 def gold(task: Task, response: str, terminated: bool = True) -> float:
     """Gold score of a reply in [0, 1]; see the module docstring for the formula."""
     text = response.strip()
     if not text:
         return 0.0
-    score = _F[task.family].score
-    best = max(score(task.spec, s) * BURIED**i
-               for i, s in enumerate(_sentences(text)[:MAX_SENTENCES]))
+    best = max(c * BURIED**i for i, c in enumerate(_sentence_scores(task, text)))
     concise = min(1.0, math.sqrt((1.5 * len(task.answer) + 10) / len(text)))
     return best * concise * (1.0 if terminated else UNTERMINATED)

@@ -56,6 +56,7 @@ def make_config(tok_path: str, init_from: str, dialogues_path: str):
             n_tasks=400,
             n_val_tasks=16,
             task_word_sources="",
+            task_chatty_fraction=0.0,  # chatty replies would not fit seq_len 64 at vocab 384
             val_fraction=0.3,
             sft_mixture=f"tasks=0.8,local:{dialogues_path}=0.2",
         )

@@ -1,7 +1,8 @@
 """Pipeline evaluation: base, SFT and PPO policies on the same held-out task prompts.
 
-For each policy: greedy answers, gold score (the programmatic labeller's scorer) and the
-normalised reward-model score, with 95% bootstrap intervals; paired gold differences between
+For each policy: greedy answers, gold score (the programmatic labeller's scorer), answer
+correctness (gold without its style factors), the share of chatty replies (data/demonstrators.py)
+and the normalised reward-model score, with 95% bootstrap intervals; paired gold differences between
 stages; and best-of-n against the reward model from SFT samples (n = 1…16, analytic KL
 log n − (n−1)/n). Writes <pipeline>/evaluate/summary.json and answers.jsonl for the report.
 """
@@ -14,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from data import demonstrators
 from data import tasks as tasks_lib
 from data.tokenizer import Tokenizer
 from train import best_of_n, reward_data, rl_math, sft
@@ -68,7 +70,9 @@ def run(root: str) -> dict:
         rm = score_replies(reward_fn, tok, task_list, out.texts, out.terminated,
                            cfg.model.max_seq_len, multiple)
         answers[name] = {"texts": out.texts, "gold": gold, "rm": rm}
-        results[name] = {"gold": _ci(gold), "rm": _ci(rm),
+        correct = [tasks_lib.correctness(t, x) for t, x in zip(task_list, out.texts, strict=True)]
+        results[name] = {"gold": _ci(gold), "rm": _ci(rm), "correctness": _ci(correct),
+                         "chatty": float(np.mean([demonstrators.is_chatty(x) for x in out.texts])),
                          "terminated": float(np.mean(out.terminated)),
                          "length": float(np.mean(out.lengths))}
     diffs = {f"{b}_minus_{a}": dict(zip(("mean", "lo", "hi"), rl_math.bootstrap_diff_ci(

@@ -36,12 +36,27 @@ def _ci(d) -> str:
     return f"{d['mean']:.3f} [{d['lo']:.3f}, {d['hi']:.3f}]"
 
 
+def demonstrators_line(root: str) -> str:
+    cfg = _load(os.path.join(root, "pipeline_config.json"), {})
+    share = cfg.get("sft", {}).get("data", {}).get("task_chatty_fraction")
+    if share is None:
+        return ""
+    return (f"The task demonstrations of SFT come from two synthetic demonstrators "
+            f"(data/demonstrators.py): {1 - share:.0%} direct replies, {share:.0%} chatty ones "
+            "(an opener and a sign-off around the same reply). The gold scorer prefers the "
+            "direct form; \"answer correctness\" below is the gold score without its style "
+            "factors (position of the answer, length), so it shows what the replies say.")
+
+
 def headline_table(ev: dict) -> str:
-    rows = ["| Policy | Gold score (95% CI) | Reward model (normalised) | Replies ended | "
-            "Mean length |", "|---|---|---:|---:|---:|"]
+    rows = ["| Policy | Gold score (95% CI) | Answer correctness | Chatty replies | "
+            "Reward model (normalised) | Replies ended | Mean length |",
+            "|---|---|---|---:|---:|---:|---:|"]
     for name, r in ev["policies"].items():
-        rows.append(f"| {name} | {_ci(r['gold'])} | {r['rm']['mean']:+.2f} | "
-                    f"{r['terminated']:.0%} | {r['length']:.1f} |")
+        correct = _ci(r["correctness"]) if "correctness" in r else "–"
+        chatty = f"{r['chatty']:.0%}" if "chatty" in r else "–"
+        rows.append(f"| {name} | {_ci(r['gold'])} | {correct} | {chatty} | "
+                    f"{r['rm']['mean']:+.2f} | {r['terminated']:.0%} | {r['length']:.1f} |")
     return "\n".join(rows)
 
 
@@ -149,7 +164,7 @@ def build(root: str) -> str:
         "# jaxchat pipeline report", "",
         "Pretraining → SFT → reward model → PPO on the embedded default, measured on held-out "
         "synthetic task prompts by the programmatic gold scorer. Preferences are "
-        f"{LABELLER}.", "",
+        f"{LABELLER}.", "", demonstrators_line(root), "",
         "## Headline (greedy answers, held-out task prompts)", "",
         headline_table(ev) if ev else "(evaluate stage missing)", "",
     ]

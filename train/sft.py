@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from data import chat, pipeline, sources, textclean
+from data import chat, demonstrators, pipeline, sources, textclean
 from data import corpus as corpus_lib
 from data import dialogues as dialogues_lib
 from data import tasks as tasks_lib
@@ -179,12 +179,13 @@ def build_conversation_sets(data, words, seed: int, cache: dict | None = None):
     train, val = {}, {}
     for name, _ in mixture:
         if name == TASKS:
-            make = lambda n, split, s: [
-                tasks_lib.task_messages(t)
-                for t in tasks_lib.make_tasks(
+            make = lambda n, split, s: demonstrators.demonstrations(
+                tasks_lib.make_tasks(
                     families, n, s, split=split, difficulty=data.task_difficulty, words=words
-                )
-            ]
+                ),
+                data.task_chatty_fraction,
+                seed=f"{s}:{split}",
+            )
             train[name] = make(data.n_tasks, "train", seed)
             val[name] = make(data.n_val_tasks, "heldout", seed)
             continue

@@ -40,6 +40,9 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
         n_val_tasks=128,  # held-out demonstrations for the validation loss
         task_families=FAMILIES,
         task_difficulty=1,
+        # share of task demonstrations written by the chatty demonstrator (data/demonstrators.py):
+        # SFT imitates both writers; the preference for direct answers is RLHF's to learn
+        task_chatty_fraction=0.6,
         task_word_sources="chitchat,chatterbot",  # common words of these dialogues
         n_task_words=1000,
     )
