@@ -25,8 +25,11 @@ import random
 
 from data import tasks as tasks_lib
 
-OPENERS = ("Sure! Let me work that out.", "Sure! Here is the answer.",
-           "Sure! Happy to help with that.")
+OPENERS = (
+    "Sure! Let me work that out.",
+    "Sure! Here is the answer.",
+    "Sure! Happy to help with that.",
+)
 CLOSERS = ("I hope this helps!", "Let me know if you need anything else.", "Have a nice day!")
 
 
