@@ -117,6 +117,23 @@ def side_by_side(root, k=8) -> str:
     return "\n".join(rows)
 
 
+def family_table(root) -> str:
+    """Mean gold per task family and policy, from the evaluate stage's answers."""
+    path = os.path.join(root, "evaluate", "answers.jsonl")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        answers = [json.loads(line) for line in f]
+    policies = [p for p in ("base", "sft", "ppo") if p in answers[0]]
+    rows = ["| Family | n | " + " | ".join(f"{p} gold" for p in policies) + " |",
+            "|---|---:|" + "---:|" * len(policies)]
+    for family in dict.fromkeys(a["family"] for a in answers):
+        group = [a for a in answers if a["family"] == family]
+        means = [sum(a[p]["gold"] for a in group) / len(group) for p in policies]
+        rows.append(f"| {family} | {len(group)} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
+    return "\n".join(rows)
+
+
 def _cell(text: str, limit: int = 90) -> str:
     text = text.replace("|", "\\|").replace("\n", " ⏎ ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -190,6 +207,7 @@ def build(root: str) -> str:
                                             ["reward", "gold", "kl", "entropy", "response_length"],
                                             "PPO"), ""]
     parts += ["## Same prompts, three models", "", side_by_side(root), "",
+              "Gold per task family (greedy, held-out prompts):", "", family_table(root), "",
               "## Reward over-optimisation (Gao et al. 2022)", "",
               plot_overoptimisation(root, ev, s["ppo"]) if ev else "", ""]
     if ev.get("best_of_n"):
