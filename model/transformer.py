@@ -73,8 +73,9 @@ def grouped_attention(q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS):
     b, length, n, h = q_BxLxNxH.shape
     kh = k_BxKxSxH.shape[1]
     q_BxLxKxGxH = q_BxLxNxH.reshape(b, length, kh, n // kh, h)
-    scores = jnp.einsum("blkgh,bksh->bkgls", q_BxLxKxGxH, k_BxKxSxH,
-                        preferred_element_type=jnp.float32) * (h**-0.5)
+    scores = jnp.einsum(
+        "blkgh,bksh->bkgls", q_BxLxKxGxH, k_BxKxSxH, preferred_element_type=jnp.float32
+    ) * (h**-0.5)
     scores = jnp.where(mask_Bx1xLxS[:, :, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxH.dtype)
     out = jnp.einsum("bkgls,bksh->blkgh", probs, v_BxKxSxH)
