@@ -72,6 +72,8 @@ def grouped_attention(q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS):
     """
     b, length, n, h = q_BxLxNxH.shape
     kh = k_BxKxSxH.shape[1]
+    if length == 1:
+        return _decode_attention(q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS)
     q_BxLxKxGxH = q_BxLxNxH.reshape(b, length, kh, n // kh, h)
     scores = jnp.einsum(
         "blkgh,bksh->bkgls", q_BxLxKxGxH, k_BxKxSxH, preferred_element_type=jnp.float32
@@ -80,6 +82,27 @@ def grouped_attention(q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS):
     probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxH.dtype)
     out = jnp.einsum("bkgls,bksh->blkgh", probs, v_BxKxSxH)
     return out.reshape(b, length, n, h)
+
+
+def _decode_attention(q_Bx1xNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1x1xS):
+    """grouped_attention for one query per row (a decode step): the same math, with the query
+    length squeezed out of both einsums.
+
+    With L = 1 the general einsums ("blkgh,bksh->bkgls", then "...->blkgh") make XLA:CPU pick a
+    transposed batched dot for probs·v that took ~1/4 of the tiny decode step; batch-leading
+    "bkgh,bksh->bkgs" / "bkgs,bksh->bkgh" run as plain batched matrix products
+    (docs/performance.md).
+    """
+    b, _, n, h = q_Bx1xNxH.shape
+    kh = k_BxKxSxH.shape[1]
+    q_BxKxGxH = q_Bx1xNxH.reshape(b, kh, n // kh, h)
+    scores_BxKxGxS = jnp.einsum(
+        "bkgh,bksh->bkgs", q_BxKxGxH, k_BxKxSxH, preferred_element_type=jnp.float32
+    ) * (h**-0.5)
+    scores_BxKxGxS = jnp.where(mask_Bx1x1xS, scores_BxKxGxS, jnp.finfo(jnp.float32).min)
+    probs_BxKxGxS = jax.nn.softmax(scores_BxKxGxS, axis=-1).astype(v_BxKxSxH.dtype)
+    out_BxKxGxH = jnp.einsum("bkgs,bksh->bkgh", probs_BxKxGxS, v_BxKxSxH)
+    return out_BxKxGxH.reshape(b, 1, n, h)
 
 
 def _cache_write_read(buf, new_BxKxLxH, layer, index):
