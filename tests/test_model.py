@@ -219,16 +219,26 @@ def test_remat_equals_no_remat(cfg, params, unrolled_params, loss_inputs, no_rem
         )
 
 
-def test_kv_cache_decode_equals_full_forward(cfg, params, forward):
+@pytest.mark.parametrize(
+    "scan,attention",
+    [(True, "einsum"), (False, "einsum"), (True, "dot_product"), (False, "dot_product")],
+)
+def test_kv_cache_decode_equals_full_forward(
+    cfg, params, unrolled_params, forward, scan, attention
+):
     """Prefill 8 tokens, then decode 8 one at a time into a 24-slot cache; row 1 is left-padded.
 
-    Every step's logits must equal the full forward pass over the whole 16-token rows.
+    Every step's logits must equal the full forward pass over the whole 16-token rows, for the
+    layer scan and the unrolled loop (both write each layer's new slots into the stacked cache in
+    place) and both attention ops. The cache after the steps must equal one 16-token prefill's,
+    with the unused slots still zero (padding slots aside).
     """
     tokens, positions, segs = _inputs(seed=4)
     segs[1, :3], positions[1, :3] = 0, 0
     positions[1, 3:] = np.arange(L - 3)
     want = forward(params, tokens, positions, segs)
-    model = transformer.Transformer(cfg)
+    model = transformer.Transformer(dataclasses.replace(cfg, scan_layers=scan, attention=attention))
+    params = params if scan else unrolled_params
     step = jit(lambda p, t, pos, seg, c: model.apply({"params": p}, t, pos, seg, cache=c))
     cache = transformer.init_cache(cfg, B, 24)
     prompt = 8
@@ -245,6 +255,18 @@ def test_kv_cache_decode_equals_full_forward(cfg, params, forward):
     assert int(cache["index"]) == L
     np.testing.assert_array_equal(cache["segment_ids"][:, :L], segs)
     assert not np.asarray(cache["segment_ids"][:, L:]).any()
+    _, bulk = step(params, tokens, positions, segs, transformer.init_cache(cfg, B, 24))
+    for name in ("k", "v"):
+        assert cache[name].shape == (cfg.n_layers, B, cfg.n_kv_heads, 24, cfg.head_dim)
+        real_slots = np.asarray(segs != 0)[None, :, None, :, None]  # padding keys: never read
+        np.testing.assert_allclose(
+            np.where(real_slots, cache[name][:, :, :, :L], 0),
+            np.where(real_slots, bulk[name][:, :, :, :L], 0),
+            rtol=0,
+            atol=ATOL,
+            err_msg=name,
+        )
+        assert not np.asarray(cache[name][:, :, :, L:]).any(), f"{name}: a slot past {L} written"
 
 
 # ------------------------------------------------------------------------------------- RoPE

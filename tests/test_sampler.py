@@ -109,6 +109,22 @@ def test_filter_logits_against_numpy():
             np.testing.assert_array_equal(kept, want, err_msg=f"top_k={top_k} top_p={top_p}")
 
 
+def test_greedy_equals_argmax_and_log_softmax():
+    """Greedy picks jnp.argmax's token (the first maximum on ties); log-probs are exactly those
+    of jax.nn.log_softmax."""
+    logits = jax.random.normal(jax.random.key(3), (16, 40)) * 3
+    logits = logits.at[0, 7].set(100.0).at[0, 31].set(100.0)  # a tie: the first index wins
+    for temperature in (1.0, 0.7):
+        got, logp = sampler.sample_tokens(
+            logits, None, sampler.Sampling(temperature=temperature, greedy=True)
+        )
+        scaled = logits / temperature
+        np.testing.assert_array_equal(got, jnp.argmax(scaled, axis=-1))
+        assert int(got[0]) == 7
+        want = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), got[:, None], -1)[:, 0]
+        np.testing.assert_array_equal(logp, want)
+
+
 def test_top_k_one_and_tiny_top_p_equal_greedy():
     logits = jax.random.normal(jax.random.key(0), (64, 30)) * 3
     want, _ = sampler.sample_tokens(logits, None, sampler.Sampling(greedy=True))
