@@ -89,7 +89,7 @@ def _decode_attention(q_Bx1xNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1x1xS):
     length squeezed out of both einsums.
 
     With L = 1 the general einsums ("blkgh,bksh->bkgls", then "...->blkgh") make XLA:CPU pick a
-    transposed batched dot for probs·v that took ~1/4 of the tiny decode step; batch-leading
+    transposed batched dot for probs·v (~1/4 of the tiny generate's op time); batch-leading
     "bkgh,bksh->bkgs" / "bkgs,bksh->bkgh" run as plain batched matrix products
     (docs/performance.md).
     """
