@@ -72,13 +72,50 @@ def grouped_attention(q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS):
     """
     b, length, n, h = q_BxLxNxH.shape
     kh = k_BxKxSxH.shape[1]
+    if length == 1:
+        return _decode_attention(q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS)
     q_BxLxKxGxH = q_BxLxNxH.reshape(b, length, kh, n // kh, h)
-    scores = jnp.einsum("blkgh,bksh->bkgls", q_BxLxKxGxH, k_BxKxSxH,
-                        preferred_element_type=jnp.float32) * (h**-0.5)
+    scores = jnp.einsum(
+        "blkgh,bksh->bkgls", q_BxLxKxGxH, k_BxKxSxH, preferred_element_type=jnp.float32
+    ) * (h**-0.5)
     scores = jnp.where(mask_Bx1xLxS[:, :, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxH.dtype)
     out = jnp.einsum("bkgls,bksh->blkgh", probs, v_BxKxSxH)
     return out.reshape(b, length, n, h)
+
+
+def _decode_attention(q_Bx1xNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1x1xS):
+    """grouped_attention for one query per row (a decode step): the same math, with the query
+    length squeezed out of both einsums.
+
+    With L = 1 the general einsums ("blkgh,bksh->bkgls", then "...->blkgh") make XLA:CPU pick a
+    transposed batched dot for probs·v (~1/4 of the tiny generate's op time); batch-leading
+    "bkgh,bksh->bkgs" / "bkgs,bksh->bkgh" run as plain batched matrix products
+    (docs/performance.md).
+    """
+    b, _, n, h = q_Bx1xNxH.shape
+    kh = k_BxKxSxH.shape[1]
+    q_BxKxGxH = q_Bx1xNxH.reshape(b, kh, n // kh, h)
+    scores_BxKxGxS = jnp.einsum(
+        "bkgh,bksh->bkgs", q_BxKxGxH, k_BxKxSxH, preferred_element_type=jnp.float32
+    ) * (h**-0.5)
+    scores_BxKxGxS = jnp.where(mask_Bx1x1xS, scores_BxKxGxS, jnp.finfo(jnp.float32).min)
+    probs_BxKxGxS = jax.nn.softmax(scores_BxKxGxS, axis=-1).astype(v_BxKxSxH.dtype)
+    out_BxKxGxH = jnp.einsum("bkgs,bksh->bkgh", probs_BxKxGxS, v_BxKxSxH)
+    return out_BxKxGxH.reshape(b, 1, n, h)
+
+
+def _cache_write_read(buf, new_BxKxLxH, layer, index):
+    """Writes one layer's new keys (or values) into the whole stacked cache, in place.
+
+    Only the L new slots of layer `layer` are written (one dynamic_update_slice at
+    (layer, 0, 0, index, 0)); the stacked buffer is carried through the layer loop, so no layer's
+    cache is sliced out and stacked back. Returns (buffer, that layer's [B, K, S, H] cache).
+    """
+    zero = jnp.zeros((), jnp.int32)
+    start = (jnp.asarray(layer, jnp.int32), zero, zero, jnp.asarray(index, jnp.int32), zero)
+    buf = jax.lax.dynamic_update_slice(buf, new_BxKxLxH.astype(buf.dtype)[None], start)
+    return buf, jax.lax.dynamic_index_in_dim(buf, layer, axis=0, keepdims=False)
 
 
 class HeadsProj(nn.Module):
@@ -140,10 +177,10 @@ class Attention(nn.Module):
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
         k_slots, k_segs = slots_BxL, segs_BxL
         if kv_cache is not None:  # write this call's keys/values at the cache index, attend to all
-            cache_k, cache_v, k_segs, index = kv_cache
-            k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=2)
-            v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=2)
-            kv_cache = (k, v)
+            k_buf, v_buf, k_segs, index, layer = kv_cache
+            k_buf, k = _cache_write_read(k_buf, k, layer, index)
+            v_buf, v = _cache_write_read(v_buf, v, layer, index)
+            kv_cache = (k_buf, v_buf)
             k_slots = jnp.broadcast_to(jnp.arange(k.shape[2]), k_segs.shape)
         mask = attention_mask(slots_BxL, segs_BxL, k_slots, k_segs)
         k, v = k.astype(q.dtype), v.astype(q.dtype)
@@ -191,17 +228,25 @@ class Block(nn.Module):
 
 
 class ScanBlock(nn.Module):
-    """Block in the (carry, per-layer input) -> (carry, per-layer output) form nn.scan wants."""
+    """Block in the (carry, per-layer input) -> (carry, per-layer output) form nn.scan wants.
+
+    Training: carry x, no per-layer input or output. Decoding: carry (x, k_buf, v_buf), the whole
+    stacked cache, and the per-layer input is the layer index the block writes and reads at.
+    """
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD, shared, layer_kv):
+    def __call__(self, carry, shared, layer):
         positions, segs, slots, cache_segs, index = shared
-        kv = None if layer_kv is None else (*layer_kv, cache_segs, index)
-        block = _maybe_remat(Block, self.cfg, scanned=True)
-        x_BxLxD, kv = block(self.cfg, name="block")(x_BxLxD, positions, segs, slots, kv)
-        return x_BxLxD, kv
+        block = _maybe_remat(Block, self.cfg, scanned=True)(self.cfg, name="block")
+        if layer is None:
+            return block(carry, positions, segs, slots, None)[0], None
+        x_BxLxD, k_buf, v_buf = carry
+        x_BxLxD, kv = block(
+            x_BxLxD, positions, segs, slots, (k_buf, v_buf, cache_segs, index, layer)
+        )
+        return (x_BxLxD, *kv), None
 
 
 def _maybe_remat(module_cls, cfg, scanned):
@@ -265,19 +310,19 @@ class Transformer(nn.Module):
                 length=cfg.n_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            return stack(cfg, name="layers")(x_BxLxD, shared, kv)
+            if kv is None:
+                return stack(cfg, name="layers")(x_BxLxD, shared, None)[0], None
+            layers = jnp.arange(cfg.n_layers, dtype=jnp.int32)
+            (x_BxLxD, *kv), _ = stack(cfg, name="layers")((x_BxLxD, *kv), shared, layers)
+            return x_BxLxD, tuple(kv)
         positions, segs, slots, cache_segs, index = shared
-        new_k, new_v = [], []
         block_cls = _maybe_remat(Block, cfg, scanned=False)
         for i in range(cfg.n_layers):
-            layer_kv = None if kv is None else (kv[0][i], kv[1][i], cache_segs, index)
-            x_BxLxD, layer_kv = block_cls(cfg, name=f"layers_{i}")(
+            layer_kv = None if kv is None else (*kv, cache_segs, index, i)
+            x_BxLxD, kv = block_cls(cfg, name=f"layers_{i}")(
                 x_BxLxD, positions, segs, slots, layer_kv
             )
-            if layer_kv is not None:
-                new_k.append(layer_kv[0])
-                new_v.append(layer_kv[1])
-        return x_BxLxD, (None if kv is None else (jnp.stack(new_k), jnp.stack(new_v)))
+        return x_BxLxD, kv
 
     def _head(self, x_BxLxD, embed):
         cfg = self.cfg

@@ -116,11 +116,11 @@ def test_causality(params, forward):
     tokens, positions, segs = _inputs()
     t = 6
     changed = tokens.copy()
-    changed[:, t + 1:] = (tokens[:, t + 1:] + 7) % 320
+    changed[:, t + 1 :] = (tokens[:, t + 1 :] + 7) % 320
     a = forward(params, tokens, positions, segs)
     b = forward(params, changed, positions, segs)
     np.testing.assert_allclose(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=ATOL)
-    assert float(jnp.abs(a[:, t + 1:] - b[:, t + 1:]).max()) > 1e-3  # later outputs do change
+    assert float(jnp.abs(a[:, t + 1 :] - b[:, t + 1 :]).max()) > 1e-3  # later outputs do change
 
 
 def _alone(doc):
@@ -139,9 +139,11 @@ def test_no_attention_across_segments_or_to_padding(params, forward):
     """
     rng = np.random.default_rng(1)
     doc_a, doc_b = rng.integers(0, 320, 6), rng.integers(0, 320, 7)
-    packed = (np.concatenate([[5, 9, 11], doc_a, doc_b]),
-              np.concatenate([[0, 0, 0], np.arange(6), np.arange(7)]),
-              np.repeat([0, 1, 2], [3, 6, 7]))
+    packed = (
+        np.concatenate([[5, 9, 11], doc_a, doc_b]),
+        np.concatenate([[0, 0, 0], np.arange(6), np.arange(7)]),
+        np.repeat([0, 1, 2], [3, 6, 7]),
+    )
     rows = [np.stack(r) for r in zip(packed, _alone(doc_b), strict=True)]
     out = forward(params, *rows)
     assert bool(jnp.isfinite(out).all()), "fully masked padding rows must not produce NaN"
@@ -196,48 +198,75 @@ def no_remat(cfg, params, loss_inputs):
     return _loss_and_grads(cfg, params, *loss_inputs)
 
 
-@pytest.mark.parametrize("policy,scan", [(p, True) for p in REMAT_POLICIES if p != "none"]
-                         + [("full", False)])
+@pytest.mark.parametrize(
+    "policy,scan", [(p, True) for p in REMAT_POLICIES if p != "none"] + [("full", False)]
+)
 def test_remat_equals_no_remat(cfg, params, unrolled_params, loss_inputs, no_remat, policy, scan):
     (loss0, logits0), grads0 = no_remat
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads0))
     remat_cfg = dataclasses.replace(cfg, remat_policy=policy, scan_layers=scan)
-    (loss, logits), grads = _loss_and_grads(remat_cfg, params if scan else unrolled_params,
-                                            *loss_inputs)
+    (loss, logits), grads = _loss_and_grads(
+        remat_cfg, params if scan else unrolled_params, *loss_inputs
+    )
     if not scan:
         grads = _stack_layers(grads, cfg.n_layers)
     np.testing.assert_allclose(loss, loss0, rtol=1e-6)
     np.testing.assert_allclose(logits, logits0, rtol=0, atol=ATOL)
     flat0 = dict(jax.tree_util.tree_leaves_with_path(grads0))
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
-        np.testing.assert_allclose(g, flat0[path], rtol=1e-5, atol=1e-5,
-                                   err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(
+            g, flat0[path], rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path)
+        )
 
 
-def test_kv_cache_decode_equals_full_forward(cfg, params, forward):
+@pytest.mark.parametrize(
+    "scan,attention",
+    [(True, "einsum"), (False, "einsum"), (True, "dot_product"), (False, "dot_product")],
+)
+def test_kv_cache_decode_equals_full_forward(
+    cfg, params, unrolled_params, forward, scan, attention
+):
     """Prefill 8 tokens, then decode 8 one at a time into a 24-slot cache; row 1 is left-padded.
 
-    Every step's logits must equal the full forward pass over the whole 16-token rows.
+    Every step's logits must equal the full forward pass over the whole 16-token rows, for the
+    layer scan and the unrolled loop (both write each layer's new slots into the stacked cache in
+    place) and both attention ops. The cache after the steps must equal one 16-token prefill's,
+    with the unused slots still zero (padding slots aside).
     """
     tokens, positions, segs = _inputs(seed=4)
     segs[1, :3], positions[1, :3] = 0, 0
     positions[1, 3:] = np.arange(L - 3)
     want = forward(params, tokens, positions, segs)
-    model = transformer.Transformer(cfg)
+    model = transformer.Transformer(dataclasses.replace(cfg, scan_layers=scan, attention=attention))
+    params = params if scan else unrolled_params
     step = jit(lambda p, t, pos, seg, c: model.apply({"params": p}, t, pos, seg, cache=c))
     cache = transformer.init_cache(cfg, B, 24)
     prompt = 8
     got, cache = step(params, tokens[:, :prompt], positions[:, :prompt], segs[:, :prompt], cache)
     real = segs[:, :prompt] != 0  # padding queries attend to nothing: their output is unused
-    np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want[:, :prompt])[real], rtol=0,
-                               atol=ATOL)
+    np.testing.assert_allclose(
+        np.asarray(got)[real], np.asarray(want[:, :prompt])[real], rtol=0, atol=ATOL
+    )
     for t in range(prompt, L):
-        got, cache = step(params, tokens[:, t:t + 1], positions[:, t:t + 1], segs[:, t:t + 1],
-                          cache)
+        got, cache = step(
+            params, tokens[:, t : t + 1], positions[:, t : t + 1], segs[:, t : t + 1], cache
+        )
         np.testing.assert_allclose(got[:, 0], want[:, t], rtol=0, atol=ATOL, err_msg=f"step {t}")
     assert int(cache["index"]) == L
     np.testing.assert_array_equal(cache["segment_ids"][:, :L], segs)
     assert not np.asarray(cache["segment_ids"][:, L:]).any()
+    _, bulk = step(params, tokens, positions, segs, transformer.init_cache(cfg, B, 24))
+    for name in ("k", "v"):
+        assert cache[name].shape == (cfg.n_layers, B, cfg.n_kv_heads, 24, cfg.head_dim)
+        real_slots = np.asarray(segs != 0)[None, :, None, :, None]  # padding keys: never read
+        np.testing.assert_allclose(
+            np.where(real_slots, cache[name][:, :, :, :L], 0),
+            np.where(real_slots, bulk[name][:, :, :, :L], 0),
+            rtol=0,
+            atol=ATOL,
+            err_msg=name,
+        )
+        assert not np.asarray(cache[name][:, :, :, L:]).any(), f"{name}: a slot past {L} written"
 
 
 # ------------------------------------------------------------------------------------- RoPE
@@ -250,12 +279,13 @@ def test_rope_matches_complex_rotation_and_is_relative():
     pos = np.arange(n_pos, dtype=np.int32)[None]
 
     def rope(x):
-        return np.asarray(transformer.apply_rope(jnp.broadcast_to(x, (1, n_pos, 1, h)), pos,
-                                                 theta))[0, :, 0]
+        return np.asarray(
+            transformer.apply_rope(jnp.broadcast_to(x, (1, n_pos, 1, h)), pos, theta)
+        )[0, :, 0]
 
     rq, rk = rope(q), rope(k)
     angles = pos[0, :, None] * theta ** (-np.arange(0, h, 2) / h)
-    z = (q[: h // 2] + 1j * q[h // 2:]) * np.exp(1j * angles)
+    z = (q[: h // 2] + 1j * q[h // 2 :]) * np.exp(1j * angles)
     np.testing.assert_allclose(rq, np.concatenate([z.real, z.imag], -1), rtol=0, atol=1e-5)
     scores = rq @ rk.T  # scores[m, n] = <rope(q, m), rope(k, n)>
     np.testing.assert_allclose(scores[1:, 1:], scores[:-1, :-1], rtol=0, atol=1e-4)
@@ -266,14 +296,17 @@ def test_rope_matches_complex_rotation_and_is_relative():
 # ---------------------------------------------------------------------------- parameter count
 
 
-@pytest.mark.parametrize("overrides,head", [
-    ({}, "lm"),
-    ({"tie_embeddings": True}, "lm"),
-    ({"qkv_bias": True}, "lm"),
-    ({"qkv_bias": True, "tie_embeddings": True}, "scalar"),
-    ({"n_kv_heads": 1, "scan_layers": False}, "lm"),
-    ({"n_kv_heads": 4, "n_layers": 3}, "scalar"),
-])
+@pytest.mark.parametrize(
+    "overrides,head",
+    [
+        ({}, "lm"),
+        ({"tie_embeddings": True}, "lm"),
+        ({"qkv_bias": True}, "lm"),
+        ({"qkv_bias": True, "tie_embeddings": True}, "scalar"),
+        ({"n_kv_heads": 1, "scan_layers": False}, "lm"),
+        ({"n_kv_heads": 4, "n_layers": 3}, "scalar"),
+    ],
+)
 def test_param_count_equals_real_parameters(overrides, head):
     cfg = _cfg(**overrides)
     p = _abstract_params(transformer.Transformer(cfg, head=head), length=4)
