@@ -1,4 +1,4 @@
-"""PPO (RLHF) of the tiny SFT policy against the tiny reward model (2-core CPU: ~5 minutes).
+"""PPO (RLHF) of the tiny SFT policy against the tiny reward model (2-core CPU: ~3 minutes).
 
     python -m scripts.train --config configs/ppo/tiny.py --workdir runs/ppo_tiny
     python -m scripts.train --config configs/ppo/tiny.py --config.kl.controller=adaptive \\
@@ -58,7 +58,7 @@ def get_config(arg=None):
     )
     c.ppo = ml_collections.ConfigDict(
         dict(
-            iterations=40,
+            iterations=80,  # β 0.2: held-out gold still rising at 80 (KL ~1.7 nats)
             epochs=4,  # K passes over each rollout batch (item 12)
             minibatches=2,
             grad_accum=1,
