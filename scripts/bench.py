@@ -251,8 +251,8 @@ def suite_cpu(args) -> list:
                 hf_baseline=True,
             )
         )
-    # configs/ppo/tiny.py's rollout: 64 prompts x 32 new tokens
-    results.append(emit(bench_ppo("tiny", 64, 48, 32, repeats=3)))
+    # configs/ppo/tiny.py's rollout: 64 prompts x 48 new tokens
+    results.append(emit(bench_ppo("tiny", 64, 48, 48, repeats=3)))
     return [r for r in results if r]
 
 

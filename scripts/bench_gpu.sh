@@ -4,7 +4,7 @@
 #     dots_no_batch, batch 16: MFU against the datasheet dense bf16 peak, compile time;
 #   - sampler decode at batch 1 and 8 (prompt 128, 256 new tokens, bf16 weights): fraction of
 #     the HBM roofline (param + KV-cache bytes per step / datasheet bandwidth);
-#   - one PPO iteration split, once train/ppo.py exposes its phases (until then: a TODO line).
+#   - one PPO iteration of the 1b config split into rollout, scoring and update (--skip_ppo: none).
 #
 # Run from anywhere; it works in the repository root:
 #   bash scripts/bench_gpu.sh                 # on the device (the image's python3)
