@@ -103,6 +103,8 @@ def model_config(size: str, **overrides) -> ml_collections.ConfigDict:
         remat_policy="none",
         scan_layers=True,
         attention="einsum",
+        attention_chunk=0,
+        scan_unroll=1,
     )
     cfg.update(MODEL_SIZES[size])
     cfg.update(overrides)

@@ -105,6 +105,42 @@ def _decode_attention(q_Bx1xNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1x1xS):
     return out_BxKxGxH.reshape(b, 1, n, h)
 
 
+def _attend(kind, q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS):
+    """The attention op of ModelConfig.attention on head-major keys/values."""
+    if kind == "einsum":
+        return grouped_attention(q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS)
+    k, v = jnp.swapaxes(k_BxKxSxH, 1, 2), jnp.swapaxes(v_BxKxSxH, 1, 2)
+    return jax.nn.dot_product_attention(q_BxLxNxH, k, v, mask=mask_Bx1xLxS)
+
+
+def causal_chunked_attention(attend, q_BxLxNxH, k_BxKxLxH, v_BxKxLxH, segs_BxL, chunk):
+    """attend(q, k, v, attention_mask(slots, segs, slots, segs)) for slots = 0..L-1 (training,
+    no cache), computed in query chunks of `chunk`: the queries [a, b) see only keys [0, b), since
+    every later key is causally masked for all of them. Skips the masked upper triangle
+    (~(1 - (L/chunk + 1)/(2·L/chunk)) of the score work; docs/performance.md).
+
+    A query that sees no key (padding, segment 0) gets uniform weights over all L keys, as in the
+    unchunked op (its chunk alone would give the mean over the chunk's keys), so the outputs are
+    the same everywhere.
+    """
+    b, length = segs_BxL.shape
+    slots_BxL = jnp.broadcast_to(jnp.arange(length), (b, length))
+    outs = []
+    for start in range(0, length, chunk):
+        end = min(start + chunk, length)
+        mask = attention_mask(
+            slots_BxL[:, start:end], segs_BxL[:, start:end], slots_BxL[:, :end], segs_BxL[:, :end]
+        )
+        outs.append(
+            attend(q_BxLxNxH[:, start:end], k_BxKxLxH[:, :, :end], v_BxKxLxH[:, :, :end], mask)
+        )
+    out_BxLxNxH = jnp.concatenate(outs, axis=1)
+    n, kh = q_BxLxNxH.shape[2], k_BxKxLxH.shape[1]
+    mean_v_BxKxH = jnp.mean(v_BxKxLxH, axis=2)  # uniform weights over all L keys
+    mean_v_BxNxH = jnp.repeat(mean_v_BxKxH, n // kh, axis=1).astype(out_BxLxNxH.dtype)
+    return jnp.where((segs_BxL != 0)[:, :, None, None], out_BxLxNxH, mean_v_BxNxH[:, None])
+
+
 def _cache_write_read(buf, new_BxKxLxH, layer, index):
     """Writes one layer's new keys (or values) into the whole stacked cache, in place.
 
@@ -182,13 +218,14 @@ class Attention(nn.Module):
             v_buf, v = _cache_write_read(v_buf, v, layer, index)
             kv_cache = (k_buf, v_buf)
             k_slots = jnp.broadcast_to(jnp.arange(k.shape[2]), k_segs.shape)
-        mask = attention_mask(slots_BxL, segs_BxL, k_slots, k_segs)
         k, v = k.astype(q.dtype), v.astype(q.dtype)
-        if cfg.attention == "einsum":
-            out_BxLxNxH = grouped_attention(q, k, v, mask)
+        attend = functools.partial(_attend, cfg.attention)
+        chunk = cfg.attention_chunk
+        if kv_cache is None and 0 < chunk < q.shape[1]:  # key slots are the row positions
+            out_BxLxNxH = causal_chunked_attention(attend, q, k, v, segs_BxL, chunk)
         else:
-            k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
-            out_BxLxNxH = jax.nn.dot_product_attention(q, k, v, mask=mask)
+            mask = attention_mask(slots_BxL, segs_BxL, k_slots, k_segs)
+            out_BxLxNxH = attend(q, k, v, mask)
         out = HeadsProj(cfg, n, "q_heads", out=True, name="o_proj")(out_BxLxNxH)
         return out, kv_cache
 
@@ -308,6 +345,7 @@ class Transformer(nn.Module):
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast, 0),
                 length=cfg.n_layers,
+                unroll=min(cfg.scan_unroll, cfg.n_layers),
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             if kv is None:
