@@ -36,8 +36,9 @@ class ModelConfig:
     # the keys up to its own end (skips the masked upper triangle; exact). 0: off. A CPU choice
     # (configs/common.py sets it for the CPU sizes); decoding never chunks.
     attention_chunk: int = 0
-    # Layers unrolled inside the nn.scan (same stacked parameters as scan_layers=True): 1 keeps a
-    # loop; n_layers unrolls it fully (no loop and no zero-filled stacked residual buffers).
+    # Training without a KV cache: layers unrolled inside the nn.scan (same stacked parameters):
+    # 1 keeps a loop; n_layers unrolls it fully (no loop, no zero-filled stacked residuals).
+    # Decoding always keeps the loop.
     scan_unroll: int = 1
 
     def __post_init__(self):

@@ -265,11 +265,17 @@ def test_chunked_attention_and_scan_unroll_equal_default(cfg, params, unrolled_p
 
 
 @pytest.mark.parametrize(
-    "scan,attention",
-    [(True, "einsum"), (False, "einsum"), (True, "dot_product"), (False, "dot_product")],
+    "scan,attention,extra",
+    [
+        (True, "einsum", {}),
+        (False, "einsum", {}),
+        (True, "dot_product", {}),
+        (False, "dot_product", {}),
+        (True, "einsum", dict(scan_unroll=2, attention_chunk=4)),  # the CPU sizes' layout
+    ],
 )
 def test_kv_cache_decode_equals_full_forward(
-    cfg, params, unrolled_params, forward, scan, attention
+    cfg, params, unrolled_params, forward, scan, attention, extra
 ):
     """Prefill 8 tokens, then decode 8 one at a time into a 24-slot cache; row 1 is left-padded.
 
@@ -282,7 +288,9 @@ def test_kv_cache_decode_equals_full_forward(
     segs[1, :3], positions[1, :3] = 0, 0
     positions[1, 3:] = np.arange(L - 3)
     want = forward(params, tokens, positions, segs)
-    model = transformer.Transformer(dataclasses.replace(cfg, scan_layers=scan, attention=attention))
+    model = transformer.Transformer(
+        dataclasses.replace(cfg, scan_layers=scan, attention=attention, **extra)
+    )
     params = params if scan else unrolled_params
     step = jit(lambda p, t, pos, seg, c: model.apply({"params": p}, t, pos, seg, cache=c))
     cache = transformer.init_cache(cfg, B, 24)
