@@ -1,6 +1,6 @@
 """A resolved config saved as JSON (what the pipeline hands each stage), locked again.
 
-python -m scripts.train --config configs/resolved.py:runs/x/sft/stage_config.json --workdir ...
+    python -m scripts.train --config configs/resolved.py:runs/x/sft/stage_config.json --workdir ...
 """
 
 import json

