@@ -7,6 +7,13 @@ Every experiment file builds its ConfigDict from these and locks it, so a typo i
 import ml_collections
 
 # Named model sizes. d_ff of the SwiGLU MLP is ~8/3·d (three matrices instead of two).
+#
+# The CPU sizes (tiny, 20m) also pick the train-step layout that is fastest on a CPU: causal
+# query-chunked attention (attention_chunk=64) and the layer scan fully unrolled (scan_unroll =
+# n_layers: no loop, same stacked parameters). Both only change training (no KV cache), give the
+# same outputs and gradients as the defaults (tests/test_model.py), and made the train step
+# faster on 2 CPU cores (docs/performance.md, "CPU train step: chunked attention, unrolled
+# scan"). The larger sizes keep the plain path (attention="dot_product" stays available).
 MODEL_SIZES = {
     # CPU laptop default: ~1.3M parameters, trains in minutes on 2 cores.
     "tiny": dict(
@@ -18,6 +25,8 @@ MODEL_SIZES = {
         head_dim=32,
         d_ff=352,
         max_seq_len=256,
+        attention_chunk=64,
+        scan_unroll=4,
     ),
     # Unit tests: compiles in about a second.
     "test": dict(
@@ -40,6 +49,8 @@ MODEL_SIZES = {
         head_dim=64,
         d_ff=1024,
         max_seq_len=512,
+        attention_chunk=64,
+        scan_unroll=6,
     ),
     "125m": dict(
         vocab_size=32000,
@@ -103,6 +114,8 @@ def model_config(size: str, **overrides) -> ml_collections.ConfigDict:
         remat_policy="none",
         scan_layers=True,
         attention="einsum",
+        attention_chunk=0,
+        scan_unroll=1,
     )
     cfg.update(MODEL_SIZES[size])
     cfg.update(overrides)

@@ -32,6 +32,14 @@ class ModelConfig:
     # "einsum": grouped head-major einsums (fastest on CPU); "dot_product":
     # jax.nn.dot_product_attention (lets jax pick a fused kernel where one applies).
     attention: str = "einsum"
+    # Training without a KV cache: queries in chunks of this many, each chunk attending only to
+    # the keys up to its own end (skips the masked upper triangle; exact). 0: off. A CPU choice
+    # (configs/common.py sets it for the CPU sizes); decoding never chunks.
+    attention_chunk: int = 0
+    # Training without a KV cache: layers unrolled inside the nn.scan (same stacked parameters):
+    # 1 keeps a loop; n_layers unrolls it fully (no loop, no zero-filled stacked residuals).
+    # Decoding always keeps the loop.
+    scan_unroll: int = 1
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
@@ -45,6 +53,10 @@ class ModelConfig:
             raise ValueError(f"model.remat_policy={self.remat_policy!r} not in {REMAT_POLICIES}")
         if self.attention not in ("einsum", "dot_product"):
             raise ValueError(f"model.attention={self.attention!r}: 'einsum' or 'dot_product'")
+        if self.attention_chunk < 0:
+            raise ValueError(f"model.attention_chunk={self.attention_chunk} must be >= 0")
+        if self.scan_unroll < 1:
+            raise ValueError(f"model.scan_unroll={self.scan_unroll} must be >= 1")
         if self.compute_dtype not in DTYPES:
             raise ValueError(f"model.compute_dtype={self.compute_dtype!r} not in {tuple(DTYPES)}")
 

@@ -105,6 +105,66 @@ def _decode_attention(q_Bx1xNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1x1xS):
     return out_BxKxGxH.reshape(b, 1, n, h)
 
 
+def _attend(kind, q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS):
+    """The attention op of ModelConfig.attention on head-major keys/values."""
+    if kind == "einsum":
+        return grouped_attention(q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS)
+    k, v = jnp.swapaxes(k_BxKxSxH, 1, 2), jnp.swapaxes(v_BxKxSxH, 1, 2)
+    return jax.nn.dot_product_attention(q_BxLxNxH, k, v, mask=mask_Bx1xLxS)
+
+
+def causal_chunked_attention(kind, q_BxLxNxH, k_BxKxLxH, v_BxKxLxH, segs_BxL, chunk):
+    """_attend(kind, q, k, v, attention_mask(slots, segs, slots, segs)) for slots = 0..L-1
+    (training, no cache), in query chunks of `chunk`: the queries [a, b) see only keys [0, b),
+    since every later key is causally masked for all of them. Skips the masked upper triangle
+    (at L = 256, chunk 64: 5/8 of the score work is left; docs/performance.md).
+
+    A query that sees no key (padding, segment 0) gets uniform weights over all L keys, as in the
+    unchunked op (its chunk alone would give the mean over the chunk's keys), so the outputs are
+    the same everywhere. With kind "einsum" the queries are made head-major [B, K, G, L, H] once
+    and the chunks' outputs joined head-major, so no chunk transposes its own slices.
+    """
+    b, length, n, h = q_BxLxNxH.shape
+    kh = k_BxKxLxH.shape[1]
+    slots_BxL = jnp.broadcast_to(jnp.arange(length), (b, length))
+    if kind == "einsum":
+        q_BxKxGxLxH = q_BxLxNxH.reshape(b, length, kh, n // kh, h).transpose(0, 2, 3, 1, 4)
+    outs = []
+    for start in range(0, length, chunk):
+        end = min(start + chunk, length)
+        mask = attention_mask(
+            slots_BxL[:, start:end], segs_BxL[:, start:end], slots_BxL[:, :end], segs_BxL[:, :end]
+        )
+        k, v = k_BxKxLxH[:, :, :end], v_BxKxLxH[:, :, :end]
+        if kind == "einsum":
+            outs.append(_head_major_attention(q_BxKxGxLxH[:, :, :, start:end], k, v, mask))
+        else:
+            outs.append(_attend(kind, q_BxLxNxH[:, start:end], k, v, mask))
+    mean_v_BxKxH = jnp.mean(v_BxKxLxH, axis=2)  # what uniform weights over all L keys give
+    if kind == "einsum":
+        out = jnp.concatenate(outs, axis=3)
+        out = jnp.where(
+            (segs_BxL != 0)[:, None, None, :, None],
+            out,
+            mean_v_BxKxH[:, :, None, None].astype(out.dtype),
+        )
+        return out.transpose(0, 3, 1, 2, 4).reshape(b, length, n, h)
+    out = jnp.concatenate(outs, axis=1)
+    mean_v_BxNxH = jnp.repeat(mean_v_BxKxH, n // kh, axis=1).astype(out.dtype)
+    return jnp.where((segs_BxL != 0)[:, :, None, None], out, mean_v_BxNxH[:, None])
+
+
+def _head_major_attention(q_BxKxGxLxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS):
+    """grouped_attention with head-major queries and output [B, K, G, L, H]."""
+    h = q_BxKxGxLxH.shape[-1]
+    scores = jnp.einsum(
+        "bkglh,bksh->bkgls", q_BxKxGxLxH, k_BxKxSxH, preferred_element_type=jnp.float32
+    ) * (h**-0.5)
+    scores = jnp.where(mask_Bx1xLxS[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxH.dtype)
+    return jnp.einsum("bkgls,bksh->bkglh", probs, v_BxKxSxH)
+
+
 def _cache_write_read(buf, new_BxKxLxH, layer, index):
     """Writes one layer's new keys (or values) into the whole stacked cache, in place.
 
@@ -182,13 +242,13 @@ class Attention(nn.Module):
             v_buf, v = _cache_write_read(v_buf, v, layer, index)
             kv_cache = (k_buf, v_buf)
             k_slots = jnp.broadcast_to(jnp.arange(k.shape[2]), k_segs.shape)
-        mask = attention_mask(slots_BxL, segs_BxL, k_slots, k_segs)
         k, v = k.astype(q.dtype), v.astype(q.dtype)
-        if cfg.attention == "einsum":
-            out_BxLxNxH = grouped_attention(q, k, v, mask)
+        chunk = cfg.attention_chunk
+        if kv_cache is None and 0 < chunk < q.shape[1]:  # key slots are the row positions
+            out_BxLxNxH = causal_chunked_attention(cfg.attention, q, k, v, segs_BxL, chunk)
         else:
-            k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
-            out_BxLxNxH = jax.nn.dot_product_attention(q, k, v, mask=mask)
+            mask = attention_mask(slots_BxL, segs_BxL, k_slots, k_segs)
+            out_BxLxNxH = _attend(cfg.attention, q, k, v, mask)
         out = HeadsProj(cfg, n, "q_heads", out=True, name="o_proj")(out_BxLxNxH)
         return out, kv_cache
 
@@ -308,6 +368,8 @@ class Transformer(nn.Module):
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast, 0),
                 length=cfg.n_layers,
+                # training only: unrolled decoding measured slower (docs/performance.md)
+                unroll=min(cfg.scan_unroll, cfg.n_layers) if kv is None else 1,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             if kv is None:

@@ -219,12 +219,63 @@ def test_remat_equals_no_remat(cfg, params, unrolled_params, loss_inputs, no_rem
         )
 
 
+def _packed_inputs(seed):
+    """Rows of packed documents with padding and arbitrary (restarting, offset) positions."""
+    tokens, _, _ = _inputs(seed=seed)
+    segs = np.asarray([[0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 0, 0], [1] * 5 + [3] * 11])
+    positions = np.asarray([[0, 0, *range(7, 12), *range(7), 0, 0], [*range(5), *range(20, 31)]])
+    return (tokens, positions.astype(np.int32), segs.astype(np.int32))
+
+
 @pytest.mark.parametrize(
-    "scan,attention",
-    [(True, "einsum"), (False, "einsum"), (True, "dot_product"), (False, "dot_product")],
+    "overrides",
+    [
+        dict(attention_chunk=4),
+        dict(attention_chunk=5),  # chunks of 5, 5, 5, 1
+        dict(attention_chunk=4, attention="dot_product"),
+        dict(attention_chunk=8, scan_layers=False),
+        dict(attention_chunk=8, remat_policy="dots"),
+        dict(scan_unroll=2),
+        dict(attention_chunk=4, scan_unroll=2),
+    ],
+)
+def test_chunked_attention_and_scan_unroll_equal_default(cfg, params, unrolled_params, overrides):
+    """Causal query-chunked attention (training, no cache) and an unrolled layer scan give the
+    same logits, loss and gradients as the defaults, on packed rows with padding (whose fully
+    masked queries are reproduced too) and arbitrary positions."""
+    inputs = _packed_inputs(seed=6)
+    targets = jnp.roll(jnp.asarray(inputs[0]), -1, axis=1)
+    new_cfg = dataclasses.replace(cfg, **overrides)
+    scan = new_cfg.scan_layers
+    base_cfg = dataclasses.replace(cfg, scan_layers=scan, attention=new_cfg.attention)
+    p = params if scan else unrolled_params
+    (loss0, logits0), grads0 = _loss_and_grads(base_cfg, p, inputs, targets)
+    (loss, logits), grads = _loss_and_grads(new_cfg, p, inputs, targets)
+    np.testing.assert_allclose(loss, loss0, rtol=1e-6)
+    np.testing.assert_allclose(logits, logits0, rtol=0, atol=ATOL)
+    flat0 = dict(jax.tree_util.tree_leaves_with_path(grads0))
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        np.testing.assert_allclose(
+            g, flat0[path], rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path)
+        )
+    with pytest.raises(ValueError, match="model.attention_chunk"):
+        dataclasses.replace(cfg, attention_chunk=-1)
+    with pytest.raises(ValueError, match="model.scan_unroll"):
+        dataclasses.replace(cfg, scan_unroll=0)
+
+
+@pytest.mark.parametrize(
+    "scan,attention,extra",
+    [
+        (True, "einsum", {}),
+        (False, "einsum", {}),
+        (True, "dot_product", {}),
+        (False, "dot_product", {}),
+        (True, "einsum", dict(scan_unroll=2, attention_chunk=4)),  # the CPU sizes' layout
+    ],
 )
 def test_kv_cache_decode_equals_full_forward(
-    cfg, params, unrolled_params, forward, scan, attention
+    cfg, params, unrolled_params, forward, scan, attention, extra
 ):
     """Prefill 8 tokens, then decode 8 one at a time into a 24-slot cache; row 1 is left-padded.
 
@@ -237,7 +288,9 @@ def test_kv_cache_decode_equals_full_forward(
     segs[1, :3], positions[1, :3] = 0, 0
     positions[1, 3:] = np.arange(L - 3)
     want = forward(params, tokens, positions, segs)
-    model = transformer.Transformer(dataclasses.replace(cfg, scan_layers=scan, attention=attention))
+    model = transformer.Transformer(
+        dataclasses.replace(cfg, scan_layers=scan, attention=attention, **extra)
+    )
     params = params if scan else unrolled_params
     step = jit(lambda p, t, pos, seg, c: model.apply({"params": p}, t, pos, seg, cache=c))
     cache = transformer.init_cache(cfg, B, 24)
