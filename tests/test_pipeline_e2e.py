@@ -95,6 +95,8 @@ def test_each_stage_consumes_the_previous_one(smoke_run):
     assert _summary(work, "reward")["train_pairs"] == _summary(work, "collect")["train"]["pairs"]
     ev = _summary(work, "evaluate")
     assert set(ev["policies"]) == {"base", "sft", "ppo"}
+    for policy in ev["policies"].values():  # style and content measured apart for every policy
+        assert 0.0 <= policy["chatty"] <= 1.0 and 0.0 <= policy["correctness"]["mean"] <= 1.0
 
 
 def test_finished_stages_are_skipped_on_rerun(smoke_run, tmp_path):
