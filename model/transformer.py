@@ -17,6 +17,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from model.attention import (
+    apply_rope,
+    attend,
+    attention_mask,
+    cache_write_read,
+    causal_chunked_attention,
+)
 from model.config import ModelConfig
 
 Cache = dict  # {"k": [n_layers,B,K,S,H], "v": same, "segment_ids": [B,S], "index": int32 scalar}
@@ -42,140 +49,6 @@ class RMSNorm(nn.Module):
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return (x32 * scale).astype(self.dtype)
-
-
-def apply_rope(x_BxLxNxH, positions_BxL, theta):
-    """Rotary embedding, rotate-half convention (as Hugging Face Llama), angles in fp32."""
-    h = x_BxLxNxH.shape[-1]
-    inv_freq = theta ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)
-    angles_BxLxH2 = positions_BxL[..., None].astype(jnp.float32) * inv_freq
-    sin, cos = jnp.sin(angles_BxLxH2)[:, :, None], jnp.cos(angles_BxLxH2)[:, :, None]
-    x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x_BxLxNxH.dtype)
-
-
-def attention_mask(q_slots_BxL, q_segs_BxL, k_slots_BxS, k_segs_BxS):
-    """[B,1,L,S] boolean: causal over buffer slots, same segment, never padding (segment 0)."""
-    causal = k_slots_BxS[:, None, :] <= q_slots_BxL[:, :, None]
-    same = (q_segs_BxL[:, :, None] == k_segs_BxS[:, None, :]) & (k_segs_BxS[:, None, :] != 0)
-    return (causal & same)[:, None]
-
-
-def grouped_attention(q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS):
-    """softmax(q·kᵀ/√H + mask)·v with the N query heads grouped over the K kv heads (GQA).
-
-    Keys and values head-major (the KV-cache layout); head-major einsums, scores and softmax in
-    fp32. On CPU this is ~2× faster than jax.nn.dot_product_attention's XLA path, which vmaps
-    over the group axis (docs/performance.md). A row with no visible key (padding) gets uniform
-    weights, not NaN.
-    """
-    b, length, n, h = q_BxLxNxH.shape
-    kh = k_BxKxSxH.shape[1]
-    if length == 1:
-        return _decode_attention(q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS)
-    q_BxLxKxGxH = q_BxLxNxH.reshape(b, length, kh, n // kh, h)
-    scores = jnp.einsum(
-        "blkgh,bksh->bkgls", q_BxLxKxGxH, k_BxKxSxH, preferred_element_type=jnp.float32
-    ) * (h**-0.5)
-    scores = jnp.where(mask_Bx1xLxS[:, :, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxH.dtype)
-    out = jnp.einsum("bkgls,bksh->blkgh", probs, v_BxKxSxH)
-    return out.reshape(b, length, n, h)
-
-
-def _decode_attention(q_Bx1xNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1x1xS):
-    """grouped_attention for one query per row (a decode step): the same math, with the query
-    length squeezed out of both einsums.
-
-    With L = 1 the general einsums ("blkgh,bksh->bkgls", then "...->blkgh") make XLA:CPU pick a
-    transposed batched dot for probs·v (~1/4 of the tiny generate's op time); batch-leading
-    "bkgh,bksh->bkgs" / "bkgs,bksh->bkgh" run as plain batched matrix products
-    (docs/performance.md).
-    """
-    b, _, n, h = q_Bx1xNxH.shape
-    kh = k_BxKxSxH.shape[1]
-    q_BxKxGxH = q_Bx1xNxH.reshape(b, kh, n // kh, h)
-    scores_BxKxGxS = jnp.einsum(
-        "bkgh,bksh->bkgs", q_BxKxGxH, k_BxKxSxH, preferred_element_type=jnp.float32
-    ) * (h**-0.5)
-    scores_BxKxGxS = jnp.where(mask_Bx1x1xS, scores_BxKxGxS, jnp.finfo(jnp.float32).min)
-    probs_BxKxGxS = jax.nn.softmax(scores_BxKxGxS, axis=-1).astype(v_BxKxSxH.dtype)
-    out_BxKxGxH = jnp.einsum("bkgs,bksh->bkgh", probs_BxKxGxS, v_BxKxSxH)
-    return out_BxKxGxH.reshape(b, 1, n, h)
-
-
-def _attend(kind, q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS):
-    """The attention op of ModelConfig.attention on head-major keys/values."""
-    if kind == "einsum":
-        return grouped_attention(q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS)
-    k, v = jnp.swapaxes(k_BxKxSxH, 1, 2), jnp.swapaxes(v_BxKxSxH, 1, 2)
-    return jax.nn.dot_product_attention(q_BxLxNxH, k, v, mask=mask_Bx1xLxS)
-
-
-def causal_chunked_attention(kind, q_BxLxNxH, k_BxKxLxH, v_BxKxLxH, segs_BxL, chunk):
-    """_attend(kind, q, k, v, attention_mask(slots, segs, slots, segs)) for slots = 0..L-1
-    (training, no cache), in query chunks of `chunk`: the queries [a, b) see only keys [0, b),
-    since every later key is causally masked for all of them. Skips the masked upper triangle
-    (at L = 256, chunk 64: 5/8 of the score work is left; docs/performance.md).
-
-    A query that sees no key (padding, segment 0) gets uniform weights over all L keys, as in the
-    unchunked op (its chunk alone would give the mean over the chunk's keys), so the outputs are
-    the same everywhere. With kind "einsum" the queries are made head-major [B, K, G, L, H] once
-    and the chunks' outputs joined head-major, so no chunk transposes its own slices.
-    """
-    b, length, n, h = q_BxLxNxH.shape
-    kh = k_BxKxLxH.shape[1]
-    slots_BxL = jnp.broadcast_to(jnp.arange(length), (b, length))
-    if kind == "einsum":
-        q_BxKxGxLxH = q_BxLxNxH.reshape(b, length, kh, n // kh, h).transpose(0, 2, 3, 1, 4)
-    outs = []
-    for start in range(0, length, chunk):
-        end = min(start + chunk, length)
-        mask = attention_mask(
-            slots_BxL[:, start:end], segs_BxL[:, start:end], slots_BxL[:, :end], segs_BxL[:, :end]
-        )
-        k, v = k_BxKxLxH[:, :, :end], v_BxKxLxH[:, :, :end]
-        if kind == "einsum":
-            outs.append(_head_major_attention(q_BxKxGxLxH[:, :, :, start:end], k, v, mask))
-        else:
-            outs.append(_attend(kind, q_BxLxNxH[:, start:end], k, v, mask))
-    mean_v_BxKxH = jnp.mean(v_BxKxLxH, axis=2)  # what uniform weights over all L keys give
-    if kind == "einsum":
-        out = jnp.concatenate(outs, axis=3)
-        out = jnp.where(
-            (segs_BxL != 0)[:, None, None, :, None],
-            out,
-            mean_v_BxKxH[:, :, None, None].astype(out.dtype),
-        )
-        return out.transpose(0, 3, 1, 2, 4).reshape(b, length, n, h)
-    out = jnp.concatenate(outs, axis=1)
-    mean_v_BxNxH = jnp.repeat(mean_v_BxKxH, n // kh, axis=1).astype(out.dtype)
-    return jnp.where((segs_BxL != 0)[:, :, None, None], out, mean_v_BxNxH[:, None])
-
-
-def _head_major_attention(q_BxKxGxLxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS):
-    """grouped_attention with head-major queries and output [B, K, G, L, H]."""
-    h = q_BxKxGxLxH.shape[-1]
-    scores = jnp.einsum(
-        "bkglh,bksh->bkgls", q_BxKxGxLxH, k_BxKxSxH, preferred_element_type=jnp.float32
-    ) * (h**-0.5)
-    scores = jnp.where(mask_Bx1xLxS[:, :, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxH.dtype)
-    return jnp.einsum("bkgls,bksh->bkglh", probs, v_BxKxSxH)
-
-
-def _cache_write_read(buf, new_BxKxLxH, layer, index):
-    """Writes one layer's new keys (or values) into the whole stacked cache, in place.
-
-    Only the L new slots of layer `layer` are written (one dynamic_update_slice at
-    (layer, 0, 0, index, 0)); the stacked buffer is carried through the layer loop, so no layer's
-    cache is sliced out and stacked back. Returns (buffer, that layer's [B, K, S, H] cache).
-    """
-    zero = jnp.zeros((), jnp.int32)
-    start = (jnp.asarray(layer, jnp.int32), zero, zero, jnp.asarray(index, jnp.int32), zero)
-    buf = jax.lax.dynamic_update_slice(buf, new_BxKxLxH.astype(buf.dtype)[None], start)
-    return buf, jax.lax.dynamic_index_in_dim(buf, layer, axis=0, keepdims=False)
 
 
 class HeadsProj(nn.Module):
@@ -238,8 +111,8 @@ class Attention(nn.Module):
         k_slots, k_segs = slots_BxL, segs_BxL
         if kv_cache is not None:  # write this call's keys/values at the cache index, attend to all
             k_buf, v_buf, k_segs, index, layer = kv_cache
-            k_buf, k = _cache_write_read(k_buf, k, layer, index)
-            v_buf, v = _cache_write_read(v_buf, v, layer, index)
+            k_buf, k = cache_write_read(k_buf, k, layer, index)
+            v_buf, v = cache_write_read(v_buf, v, layer, index)
             kv_cache = (k_buf, v_buf)
             k_slots = jnp.broadcast_to(jnp.arange(k.shape[2]), k_segs.shape)
         k, v = k.astype(q.dtype), v.astype(q.dtype)
@@ -248,7 +121,7 @@ class Attention(nn.Module):
             out_BxLxNxH = causal_chunked_attention(cfg.attention, q, k, v, segs_BxL, chunk)
         else:
             mask = attention_mask(slots_BxL, segs_BxL, k_slots, k_segs)
-            out_BxLxNxH = _attend(cfg.attention, q, k, v, mask)
+            out_BxLxNxH = attend(cfg.attention, q, k, v, mask)
         out = HeadsProj(cfg, n, "q_heads", out=True, name="o_proj")(out_BxLxNxH)
         return out, kv_cache
 

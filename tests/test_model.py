@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs.common import model_config
-from model import transformer
+from model import attention, transformer
 from model.config import REMAT_POLICIES, ModelConfig
 
 B, L = 2, 16
@@ -333,7 +333,7 @@ def test_rope_matches_complex_rotation_and_is_relative():
 
     def rope(x):
         return np.asarray(
-            transformer.apply_rope(jnp.broadcast_to(x, (1, n_pos, 1, h)), pos, theta)
+            attention.apply_rope(jnp.broadcast_to(x, (1, n_pos, 1, h)), pos, theta)
         )[0, :, 0]
 
     rq, rk = rope(q), rope(k)
@@ -378,7 +378,7 @@ def test_param_count_llama2_7b_hand_formula():
 
 def test_einsum_attention_equals_dot_product_attention():
     """The grouped einsum path equals jax.nn.dot_product_attention, masks and GQA included."""
-    from model.transformer import attention_mask, grouped_attention
+    from model.attention import attention_mask, grouped_attention
 
     rng = np.random.default_rng(0)
     b, length, n, kh, h = 2, 7, 4, 2, 8
