@@ -13,7 +13,8 @@ as ordinary pieces (its "<" as a byte), so only the chat renderer can insert con
 """
 
 import os
-import tempfile
+import random
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -49,21 +50,29 @@ def train_tokenizer(
 ) -> str:
     """Trains a BPE model on the texts; writes <model_prefix>.model/.vocab; returns .model path.
 
-    Texts are fed line by line; at most input_sentence_size lines (a seeded random sample) are
-    used. Files are written into a temporary folder and renamed into place, so a crash never
-    leaves a half-written model. vocab_size counts everything: 4 control + 4 special +
-    256 byte pieces + merges.
+    Texts are fed line by line; at most input_sentence_size lines (0: all) are used, a sample
+    drawn here with random.Random(seed): SentencePiece's own sampling gave a different vocabulary
+    on every run despite spm.set_random_generator_seed, and so different runs downstream. Files
+    are written into a fixed scratch folder beside the model (its path is stored in the model)
+    and renamed into place, so a crash never leaves a half-written model and the same inputs give
+    the same bytes. vocab_size counts everything: 4 control + 4 special + 256 byte pieces +
+    merges.
     """
     reserved = 4 + len(SPECIAL_TOKENS) + 256
     if vocab_size <= reserved:
         raise ValueError(f"vocab_size {vocab_size} must exceed the {reserved} reserved pieces")
     prefix = Path(model_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    spm.set_random_generator_seed(seed)
-    with tempfile.TemporaryDirectory(prefix=".tok-", dir=prefix.parent) as tmp:
-        tmp_prefix = Path(tmp) / "tok"
+    lines = list(training_lines(texts))
+    if 0 < input_sentence_size < len(lines):
+        lines = random.Random(seed).sample(lines, input_sentence_size)
+    scratch = prefix.parent / f".{prefix.name}.training"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    try:
+        tmp_prefix = scratch / "tok"
         spm.SentencePieceTrainer.train(
-            sentence_iterator=training_lines(texts),
+            sentence_iterator=iter(lines),
             model_prefix=str(tmp_prefix),
             model_type="bpe",
             vocab_size=vocab_size,
@@ -77,8 +86,8 @@ def train_tokenizer(
             allow_whitespace_only_pieces=True,
             split_digits=True,
             character_coverage=character_coverage,
-            input_sentence_size=input_sentence_size,
-            shuffle_input_sentence=True,
+            input_sentence_size=0,  # sampled above
+            shuffle_input_sentence=False,
             max_sentence_length=MAX_SENTENCE_BYTES,
             num_threads=num_threads,
             minloglevel=2,
@@ -87,6 +96,8 @@ def train_tokenizer(
         # .vocab first: a present .model means the pair is complete.
         os.replace(tmp_prefix.with_suffix(".vocab"), prefix.with_name(prefix.name + ".vocab"))
         os.replace(tmp_prefix.with_suffix(".model"), model_path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return str(model_path)
 
 
