@@ -38,13 +38,24 @@ def grouped_attention(q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS):
     if length == 1:
         return _decode_attention(q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS)
     q_BxLxKxGxH = q_BxLxNxH.reshape(b, length, kh, n // kh, h)
-    scores = jnp.einsum(
-        "blkgh,bksh->bkgls", q_BxLxKxGxH, k_BxKxSxH, preferred_element_type=jnp.float32
-    ) * (h**-0.5)
-    scores = jnp.where(mask_Bx1xLxS[:, :, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxH.dtype)
-    out = jnp.einsum("bkgls,bksh->blkgh", probs, v_BxKxSxH)
-    return out.reshape(b, length, n, h)
+    out_BxLxKxGxH = _einsum_attention(
+        "blkgh,bksh->bkgls",
+        "bkgls,bksh->blkgh",
+        q_BxLxKxGxH,
+        k_BxKxSxH,
+        v_BxKxSxH,
+        mask_Bx1xLxS[:, :, None],
+    )
+    return out_BxLxKxGxH.reshape(b, length, n, h)
+
+
+def _einsum_attention(qk_eq, pv_eq, q, k, v, mask):
+    """softmax(q·kᵀ/√H masked) · v through two einsums, scores and softmax in fp32; the layouts
+    are the caller's (they decide which batched dots XLA:CPU emits)."""
+    scores = jnp.einsum(qk_eq, q, k, preferred_element_type=jnp.float32) * (q.shape[-1] ** -0.5)
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum(pv_eq, probs, v)
 
 
 def _decode_attention(q_Bx1xNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1x1xS):
@@ -59,12 +70,9 @@ def _decode_attention(q_Bx1xNxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1x1xS):
     b, _, n, h = q_Bx1xNxH.shape
     kh = k_BxKxSxH.shape[1]
     q_BxKxGxH = q_Bx1xNxH.reshape(b, kh, n // kh, h)
-    scores_BxKxGxS = jnp.einsum(
-        "bkgh,bksh->bkgs", q_BxKxGxH, k_BxKxSxH, preferred_element_type=jnp.float32
-    ) * (h**-0.5)
-    scores_BxKxGxS = jnp.where(mask_Bx1x1xS, scores_BxKxGxS, jnp.finfo(jnp.float32).min)
-    probs_BxKxGxS = jax.nn.softmax(scores_BxKxGxS, axis=-1).astype(v_BxKxSxH.dtype)
-    out_BxKxGxH = jnp.einsum("bkgs,bksh->bkgh", probs_BxKxGxS, v_BxKxSxH)
+    out_BxKxGxH = _einsum_attention(
+        "bkgh,bksh->bkgs", "bkgs,bksh->bkgh", q_BxKxGxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1x1xS
+    )
     return out_BxKxGxH.reshape(b, 1, n, h)
 
 
@@ -119,13 +127,14 @@ def causal_chunked_attention(kind, q_BxLxNxH, k_BxKxLxH, v_BxKxLxH, segs_BxL, ch
 
 def _head_major_attention(q_BxKxGxLxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS):
     """grouped_attention with head-major queries and output [B, K, G, L, H]."""
-    h = q_BxKxGxLxH.shape[-1]
-    scores = jnp.einsum(
-        "bkglh,bksh->bkgls", q_BxKxGxLxH, k_BxKxSxH, preferred_element_type=jnp.float32
-    ) * (h**-0.5)
-    scores = jnp.where(mask_Bx1xLxS[:, :, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxH.dtype)
-    return jnp.einsum("bkgls,bksh->bkglh", probs, v_BxKxSxH)
+    return _einsum_attention(
+        "bkglh,bksh->bkgls",
+        "bkgls,bksh->bkglh",
+        q_BxKxGxLxH,
+        k_BxKxSxH,
+        v_BxKxSxH,
+        mask_Bx1xLxS[:, :, None],
+    )
 
 
 def cache_write_read(buf, new_BxKxLxH, layer, index):

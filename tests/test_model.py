@@ -186,6 +186,17 @@ def _loss_and_grads(cfg, params, inputs, targets):
     return jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
 
 
+def _assert_same_loss_logits_grads(out, grads, out0, grads0, grad_atol):
+    """Loss (rtol 1e-6), logits (atol ATOL) and every gradient leaf (rtol 1e-5) match."""
+    np.testing.assert_allclose(out[0], out0[0], rtol=1e-6)
+    np.testing.assert_allclose(out[1], out0[1], rtol=0, atol=ATOL)
+    flat0 = dict(jax.tree_util.tree_leaves_with_path(grads0))
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        np.testing.assert_allclose(
+            g, flat0[path], rtol=1e-5, atol=grad_atol, err_msg=jax.tree_util.keystr(path)
+        )
+
+
 @pytest.fixture(scope="module")
 def loss_inputs():
     tokens, positions, segs = _inputs(seed=3)
@@ -210,13 +221,7 @@ def test_remat_equals_no_remat(cfg, params, unrolled_params, loss_inputs, no_rem
     )
     if not scan:
         grads = _stack_layers(grads, cfg.n_layers)
-    np.testing.assert_allclose(loss, loss0, rtol=1e-6)
-    np.testing.assert_allclose(logits, logits0, rtol=0, atol=ATOL)
-    flat0 = dict(jax.tree_util.tree_leaves_with_path(grads0))
-    for path, g in jax.tree_util.tree_leaves_with_path(grads):
-        np.testing.assert_allclose(
-            g, flat0[path], rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path)
-        )
+    _assert_same_loss_logits_grads((loss, logits), grads, (loss0, logits0), grads0, 1e-5)
 
 
 def _packed_inputs(seed):
@@ -251,13 +256,7 @@ def test_chunked_attention_and_scan_unroll_equal_default(cfg, params, unrolled_p
     p = params if scan else unrolled_params
     (loss0, logits0), grads0 = _loss_and_grads(base_cfg, p, inputs, targets)
     (loss, logits), grads = _loss_and_grads(new_cfg, p, inputs, targets)
-    np.testing.assert_allclose(loss, loss0, rtol=1e-6)
-    np.testing.assert_allclose(logits, logits0, rtol=0, atol=ATOL)
-    flat0 = dict(jax.tree_util.tree_leaves_with_path(grads0))
-    for path, g in jax.tree_util.tree_leaves_with_path(grads):
-        np.testing.assert_allclose(
-            g, flat0[path], rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path)
-        )
+    _assert_same_loss_logits_grads((loss, logits), grads, (loss0, logits0), grads0, 1e-6)
     with pytest.raises(ValueError, match="model.attention_chunk"):
         dataclasses.replace(cfg, attention_chunk=-1)
     with pytest.raises(ValueError, match="model.scan_unroll"):

@@ -102,13 +102,19 @@ def plot_overoptimisation(root, ev, ppo) -> str:
     return "![gold and reward-model score against KL](overoptimisation.png)"
 
 
-def side_by_side(root, k=8) -> str:
-    rows = []
+def _answers(root) -> list[dict]:
+    """The evaluate stage's answers.jsonl rows ([] when the stage has not run)."""
     path = os.path.join(root, "evaluate", "answers.jsonl")
     if not os.path.exists(path):
-        return ""
+        return []
     with open(path) as f:
-        answers = [json.loads(line) for line in f][:k]
+        return [json.loads(line) for line in f]
+
+
+def side_by_side(root, k=8) -> str:
+    answers = _answers(root)[:k]
+    if not answers:
+        return ""
     rows = ["| Prompt | Base | SFT | PPO |", "|---|---|---|---|"]
     for a in answers:
         cells = [_cell(a["prompt"])] + [
@@ -119,11 +125,9 @@ def side_by_side(root, k=8) -> str:
 
 def family_table(root) -> str:
     """Mean gold per task family and policy, from the evaluate stage's answers."""
-    path = os.path.join(root, "evaluate", "answers.jsonl")
-    if not os.path.exists(path):
+    answers = _answers(root)
+    if not answers:
         return ""
-    with open(path) as f:
-        answers = [json.loads(line) for line in f]
     policies = [p for p in ("base", "sft", "ppo") if p in answers[0]]
     rows = ["| Family | n | " + " | ".join(f"{p} gold" for p in policies) + " |",
             "|---|---:|" + "---:|" * len(policies)]
