@@ -25,6 +25,7 @@ import ml_collections
 from data import chat
 from data.tokenizer import Tokenizer, check_vocab
 from model import sampler
+from train import cli
 from train import setup as setup_lib
 from train.checkpoint import abstract_like, load_params
 
@@ -181,4 +182,4 @@ def main(argv=None) -> str | None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_argparse(main)

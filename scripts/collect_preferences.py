@@ -12,10 +12,10 @@ The reward stage reads config.collect.out unless data.preferences / data.heldout
 
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from train import collect
+from train import cli, collect
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "reward experiment file", lock_config=True
@@ -33,10 +33,11 @@ def main(argv):
             f"note: writing to {workdir}; train the reward model with "
             f"--config.collect.out={workdir} (or --config.data.preferences=...)"
         )
-    summary = collect.run(config, workdir)
+    with cli.folder_lock(workdir, "preference collection"):
+        summary = collect.run(config, workdir)
     if not summary.get("complete", True):
-        sys.exit(130)  # a labelling session stopped early: not complete yet
+        sys.exit(cli.EXIT_INTERRUPTED)  # a labelling session stopped early: not complete yet
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

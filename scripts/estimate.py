@@ -22,6 +22,7 @@ from configs.common import MODEL_SIZES, model_config
 from model import estimate
 from model.config import DTYPES, REMAT_POLICIES, ModelConfig
 from model.sharding import MESH_AXES, make_rules, mesh_shape
+from train import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
 _SIZE = flags.DEFINE_enum("size", None, list(MODEL_SIZES), "named model size (instead of config)")
@@ -166,4 +167,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -3,9 +3,11 @@
     python -m scripts.evaluate --pipeline runs/pipeline_tiny
 """
 
-from absl import app, flags
+import os
 
-from train import evaluate
+from absl import flags
+
+from train import cli, evaluate
 
 _PIPELINE = flags.DEFINE_string("pipeline", None, "pipeline folder (has pipeline_config.json)")
 flags.mark_flag_as_required("pipeline")
@@ -13,8 +15,9 @@ flags.mark_flag_as_required("pipeline")
 
 def main(argv):
     del argv
-    evaluate.run(_PIPELINE.value)
+    with cli.folder_lock(os.path.join(_PIPELINE.value, "evaluate"), "evaluation"):
+        evaluate.run(_PIPELINE.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

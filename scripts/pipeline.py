@@ -5,10 +5,19 @@
     python -m scripts.pipeline --config configs/pipeline/tiny.py --config.sft.optim.lr=3e-4
 
 Every stage runs in its own process with its resolved config saved next to its results
-(`<stage>/stage_config.json`), so each can be rerun or inspected alone. A stage whose folder
-already has its completion marker (summary.json, written last) is skipped; an interrupted stage
-is simply run again and resumes from its own checkpoint. Wall time and peak memory (max RSS of
-the stage's process) go to `compute.json` for the report.
+(`<stage>/stage_config.json`), so each can be rerun or inspected alone. Before anything runs,
+each stage gets a fingerprint (train/fingerprint.py: its resolved config, the user files it
+reads, the fingerprints of the stages it reads). A stage is skipped only when it finished
+(its summary.json, written last, exists) under the same fingerprint; a stage whose fingerprint
+changed is rerun, with every stage after it that reads it, and the pipeline says which keys
+changed (`--no_rerun` refuses instead). An interrupted stage is simply run again and resumes
+from its own checkpoint. Results a rerun replaces are moved to `<workdir>/previous/<stage>`
+(one generation kept), never deleted before the new config and inputs have been checked.
+
+SIGTERM/SIGINT to the pipeline go to the running stage, which saves a checkpoint; the pipeline
+waits for it and exits 130. A lock file refuses a second pipeline on the same folder. Exit
+statuses: 0 done, 1 a stage failed, 2 an expected error (one line), 130 interrupted.
+Wall time and peak memory (max RSS of each stage's process) go to `compute.json`.
 """
 
 import json
@@ -19,15 +28,36 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from train import cli
+from train import fingerprint as fp
+from train.metrics import atomic_write, write_json
+
 STAGES = ("tokenizer", "pretrain", "sft", "collect", "reward", "ppo", "evaluate", "report")
+READS = {  # the stages whose results each stage reads
+    "tokenizer": (), "pretrain": ("tokenizer",), "sft": ("tokenizer", "pretrain"),
+    "collect": ("tokenizer", "sft"), "reward": ("tokenizer", "sft", "collect"),
+    "ppo": ("tokenizer", "sft", "reward"), "evaluate": ("pretrain", "sft", "reward", "ppo"),
+    "report": ("pretrain", "sft", "collect", "reward", "ppo", "evaluate"),
+}
+COLLECT_KEYS = ("collect", "init_from", "model", "mesh", "seed")  # what collection reads
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "pipeline config", lock_config=True)
 _FROM = flags.DEFINE_enum("from", None, STAGES, "redo this stage and every stage after it")
 _ONLY = flags.DEFINE_list("only", None, "run only these stages (their inputs must exist)")
+_NO_RERUN = flags.DEFINE_bool("no_rerun", False,
+                              "refuse (exit 2) instead of rerunning stages whose config changed")
 flags.mark_flag_as_required("config")
+
+
+class StageStopped(Exception):
+    """A stage process ended without finishing; .code is the pipeline's exit status."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
 
 
 def stage_dirs(root: str) -> dict:
@@ -82,35 +112,160 @@ def done_marker(name: str, root: str) -> str:
         name, f"{d[name]}/summary.json")
 
 
-def write_stage_configs(c, cfgs):
-    d = stage_dirs(c.workdir)
-    configs = dict(cfgs, collect=cfgs["reward"])
-    for name, cfg in configs.items():
-        os.makedirs(d[name], exist_ok=True)
-        with open(f"{d[name]}/stage_config.json", "w") as f:
-            f.write(cfg.to_json(indent=2))
-    with open(f"{c.workdir}/pipeline_config.json", "w") as f:
-        f.write(c.to_json(indent=2))
+# ------------------------------------------------------------------------------ the plan
 
 
-def run_stage(name, cmd, root) -> dict:
-    """Runs one stage as a child process; returns its wall time and peak memory."""
-    print(f"\n=== {name}: {' '.join(cmd[2:])}", flush=True)
-    start = time.time()
-    proc = subprocess.Popen(cmd, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    while True:
+def stage_inputs(c, cfgs) -> dict:
+    """The config each stage's fingerprint covers (what that stage reads)."""
+    data = cfgs["pretrain"].data
+    reward = cfgs["reward"].to_dict()
+    return {
+        "tokenizer": {k: data[k] for k in ("mixture", "vocab_size", "val_fraction", "split_seed",
+                                            "max_chars_per_source")},
+        **{name: cfg.to_dict() for name, cfg in cfgs.items()},
+        "collect": {**{k: reward[k] for k in COLLECT_KEYS},
+                    "tokenizer": reward["data"]["tokenizer"]},
+        "evaluate": {"sft": c.sft.to_dict(), "evaluate": c.evaluate.to_dict(), "seed": c.seed},
+        "report": {},
+    }
+
+
+def validate(cfgs):
+    """What a stage would refuse at start-up, checked before anything is moved or written."""
+    from data import corpus as corpus_lib
+    from model.config import ModelConfig
+
+    for cfg in cfgs.values():
+        ModelConfig.from_config(cfg.model)
+    for key, spec in (("pretrain.data.mixture", cfgs["pretrain"].data.mixture),
+                      ("sft.data.sft_mixture", cfgs["sft"].data.sft_mixture)):
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-            break
-        except InterruptedError:
-            continue
+            corpus_lib.validate_mixture(corpus_lib.parse_mixture(spec))
+        except ValueError as e:
+            raise ValueError(f"config {key}={spec!r}: {e}") from None
+
+
+def record_path(root: str, name: str) -> str:
+    return os.path.join(root, "fingerprints", f"{name}.json")
+
+
+def read_record(root: str, name: str) -> dict | None:
+    try:
+        with open(record_path(root, name)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def make_plan(c, cfgs, forced: set, only: set) -> list:
+    """[(stage, action, record, reason)]: action skip | resume | run | rerun. `forced` stages
+    start over; `only` stages run even when done (a finished stage just rewrites its summary)."""
+    root, records, plan = c.workdir, {}, []
+    inputs = stage_inputs(c, cfgs)
+    for name in STAGES:
+        upstream = {u: records[u]["fingerprint"] for u in READS[name]}
+        records[name] = rec = fp.make_record(inputs[name], root, upstream)
+        old, done = read_record(root, name), os.path.exists(done_marker(name, root))
+        same = old is not None and old.get("fingerprint") == rec["fingerprint"]
+        started = done or (old is not None)
+        if name in forced:
+            action, reason = ("rerun" if started else "run"), "asked for"
+        elif same:
+            action, reason = ("skip" if done and name not in only else "resume"), ""
+        elif started:
+            action, reason = "rerun", fp.why_changed(old, rec)
+        else:
+            action, reason = "run", ""
+        plan.append((name, action, rec, reason))
+    return plan
+
+
+def print_plan(plan):
+    for name, action, _, reason in plan:
+        if action == "rerun":
+            print(f"=== {name}: reruns: {reason}", flush=True)
+
+
+def refuse_reruns(plan, root):
+    stale = [(n, why) for n, a, _, why in plan if a == "rerun"]
+    if stale:
+        name, why = stale[0]
+        raise ValueError(
+            f"--no_rerun: {root} holds results of other settings: {name} ({why}); "
+            f"rerunning would redo {', '.join(n for n, _ in stale)}. Use another "
+            "--config.workdir, or drop --no_rerun")
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def move_aside(name: str, root: str):
+    """The stage's previous results to <root>/previous/<stage> (replacing an older copy)."""
+    previous = os.path.join(root, "previous", name)
+    src = done_marker(name, root) if name == "report" else stage_dirs(root)[name]
+    if not os.path.exists(src):
+        return
+    if os.path.isdir(previous):
+        shutil.rmtree(previous)
+    elif os.path.exists(previous):
+        os.remove(previous)
+    os.makedirs(os.path.dirname(previous), exist_ok=True)
+    os.rename(src, previous)
+    print(f"=== {name}: previous results moved to {previous}", flush=True)
+
+
+def write_stage_inputs(c, cfgs, name, record):
+    """stage_config.json (what the stage process reads) and the fingerprint record."""
+    configs = dict(cfgs, collect=cfgs["reward"])
+    if name in configs:
+        os.makedirs(stage_dirs(c.workdir)[name], exist_ok=True)
+        atomic_write(f"{stage_dirs(c.workdir)[name]}/stage_config.json",
+                     configs[name].to_json(indent=2))
+    os.makedirs(os.path.dirname(record_path(c.workdir, name)), exist_ok=True)
+    write_json(record_path(c.workdir, name), record)
+
+
+def _die_with_parent():
+    """In the stage process: SIGTERM when the pipeline dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_stage(name, cmd) -> dict:
+    """Runs one stage as a child process, forwarding SIGTERM/SIGINT to it; returns its wall
+    time and peak memory, or raises StageStopped."""
+    print(f"\n=== {name}: {' '.join(cmd[2:])}", flush=True)
+    start, received = time.time(), []
+    # Its own session: a terminal's Ctrl-C reaches the pipeline only, which forwards it once.
+    proc = subprocess.Popen(cmd, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+                            start_new_session=True, preexec_fn=_die_with_parent)
+
+    def forward(signum, _frame):
+        received.append(signum)
+        print(f"\n=== {name}: signal {signum}, waiting for the stage to save and stop",
+              flush=True)
+        proc.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)  # retried by Python across signals
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
     code = os.waitstatus_to_exitcode(status)
     record = {"wall_s": time.time() - start, "max_rss_mb": usage.ru_maxrss / 1024, "exit": code}
-    if code != 0:
-        why = "interrupted: run the same command again to resume" if code in (
-            130, -signal.SIGINT, -signal.SIGTERM) else f"failed (exit {code})"
-        sys.exit(f"pipeline stage {name!r} {why}. Finished stages are kept in {root}.")
-    return record
+    if code == 0 and not received:
+        return record
+    if received or code in (cli.EXIT_INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
+        raise StageStopped(f"pipeline stage {name!r} interrupted: run the same command again "
+                           "to resume", cli.EXIT_INTERRUPTED)
+    if code == cli.EXIT_ERROR:
+        raise StageStopped(f"pipeline stage {name!r} stopped on the error above", cli.EXIT_ERROR)
+    raise StageStopped(f"pipeline stage {name!r} failed (exit {code})", 1)
 
 
 def record_compute(root, name, record):
@@ -120,36 +275,45 @@ def record_compute(root, name, record):
         with open(path) as f:
             compute = json.load(f)
     compute[name] = record
-    with open(path, "w") as f:
-        json.dump(compute, f, indent=2)
+    write_json(path, compute)
+
+
+def execute(c, cfgs, plan):
+    cmds, start, ran = commands(c, cfgs), time.time(), False
+    for name, action, record, _ in plan:
+        if _ONLY.value and name not in _ONLY.value:
+            continue
+        if action == "skip":
+            print(f"=== {name}: done ({done_marker(name, c.workdir)}), skipped")
+            continue
+        if not ran:  # evaluate and report read it: written only when something runs
+            atomic_write(f"{c.workdir}/pipeline_config.json", c.to_json(indent=2))
+            ran = True
+        if action == "rerun":
+            move_aside(name, c.workdir)
+        write_stage_inputs(c, cfgs, name, record)
+        record_compute(c.workdir, name, run_stage(name, cmds[name]))
+    print(f"\npipeline finished in {time.time() - start:.0f}s: {c.workdir}/report.md")
 
 
 def main(argv):
     del argv
     c = _CONFIG.value
-    os.makedirs(c.workdir, exist_ok=True)
     cfgs = resolve(c)
-    write_stage_configs(c, cfgs)
-    cmds = commands(c, cfgs)
-    todo = list(STAGES[STAGES.index(_FROM.value):]) if _FROM.value else list(STAGES)
-    if _FROM.value:
-        for name in todo:
-            marker = done_marker(name, c.workdir)
-            if name != "report" and os.path.isdir(stage_dirs(c.workdir)[name]):
-                shutil.rmtree(stage_dirs(c.workdir)[name])
-            elif os.path.exists(marker):
-                os.remove(marker)
-        write_stage_configs(c, cfgs)
-    start = time.time()
-    for name in STAGES:
-        if _ONLY.value and name not in _ONLY.value:
-            continue
-        if os.path.exists(done_marker(name, c.workdir)) and name not in (_ONLY.value or []):
-            print(f"=== {name}: done ({done_marker(name, c.workdir)}), skipped")
-            continue
-        record_compute(c.workdir, name, run_stage(name, cmds[name], c.workdir))
-    print(f"\npipeline finished in {time.time() - start:.0f}s: {c.workdir}/report.md")
+    validate(cfgs)
+    forced = set(STAGES[STAGES.index(_FROM.value):]) if _FROM.value else set()
+    # reads every input file: a missing one fails here, before anything is moved or written
+    plan = make_plan(c, cfgs, forced, set(_ONLY.value or ()))
+    if _NO_RERUN.value:
+        refuse_reruns(plan, c.workdir)
+    print_plan(plan)
+    with cli.folder_lock(c.workdir, "pipeline"):
+        try:
+            execute(c, cfgs, plan)
+        except StageStopped as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(e.code)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

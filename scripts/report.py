@@ -3,9 +3,9 @@
     python -m scripts.report --pipeline runs/pipeline_tiny
 """
 
-from absl import app, flags
+from absl import flags
 
-from train import report
+from train import cli, report
 
 _PIPELINE = flags.DEFINE_string("pipeline", None, "pipeline folder")
 flags.mark_flag_as_required("pipeline")
@@ -18,4 +18,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

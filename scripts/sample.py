@@ -24,6 +24,7 @@ from data import chat
 from data import dialogues as dialogues_lib
 from data import tasks as tasks_lib
 from scripts.chat import load_run
+from train import cli
 from train.generation import ChatGenerator
 
 
@@ -116,4 +117,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_argparse(main)

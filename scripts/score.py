@@ -11,11 +11,11 @@ Malformed rows are reported as file:line and skipped; past --max_bad_fraction th
 
 import json
 
-from absl import app, flags
+from absl import flags
 
 from data import chat, dialogues
 from data.tokenizer import Tokenizer, check_vocab
-from train import reward, reward_data
+from train import cli, reward, reward_data
 from train import setup as setup_lib
 
 _RUN = flags.DEFINE_string("run", None, "reward model run folder (config.json + ckpt/)")
@@ -65,7 +65,7 @@ def score_file(
     check_vocab(tok, config.model.vocab_size)
     rows = dialogues.read_jsonl(in_path, parse_row, max_bad_fraction)
     setup = setup_lib.make_setup(config)
-    params, norm = reward.load_reward_model(run_dir, setup)
+    params, norm = reward.load_reward_model(run_dir, setup, what="--run")
     scorer = reward_data.Scorer(
         setup, setup.param_shardings("scalar")[0], batch_size, config.data.seq_len, tok.pad_id
     )
@@ -91,4 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

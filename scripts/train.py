@@ -9,10 +9,10 @@ workdir). Overrides are checked against the locked config: a misspelt key is an 
 
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from train import stages
+from train import cli, stages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run folder (checkpoints, metrics, samples)")
@@ -21,10 +21,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    result = stages.run_stage(_CONFIG.value, _WORKDIR.value)
+    with cli.folder_lock(_WORKDIR.value, "training run"):
+        result = stages.run_stage(_CONFIG.value, _WORKDIR.value)
     if getattr(result, "interrupted", False):
-        sys.exit(130)
+        sys.exit(cli.EXIT_INTERRUPTED)  # a checkpoint was saved: the same command resumes
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

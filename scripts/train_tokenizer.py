@@ -13,6 +13,7 @@ import time
 from absl import app, flags
 
 from data import corpus, sources, tokenizer
+from train import cli
 
 _SOURCES = flags.DEFINE_string(
     "sources", ",".join(sources.DEFAULT_SOURCES),
@@ -66,4 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

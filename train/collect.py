@@ -281,8 +281,9 @@ def run(config, workdir: str | None = None, *, in_stream=None, out_stream=None) 
     if cfg.annotator not in ("synthetic", "human"):
         raise ValueError(f"collect.annotator={cfg.annotator!r}: expected 'synthetic' or 'human'")
     t0 = time.time()
-    write_run_info(workdir, config)
+    os.makedirs(workdir, exist_ok=True)
     cands, stats = sample_all(config, workdir)
+    write_run_info(workdir, config)  # after sample_all accepted the folder's candidates
     if cfg.annotator == "synthetic":
         counts = {
             s: label_synthetic(

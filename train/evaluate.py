@@ -23,6 +23,7 @@ from train import reward as reward_lib
 from train import setup as setup_lib
 from train.checkpoint import abstract_like, load_params
 from train.generation import ChatGenerator, eval_tasks, gold_scores
+from train.metrics import write_json
 
 POLICIES = {"base": "pretrain", "sft": "sft", "ppo": "ppo"}
 
@@ -57,7 +58,8 @@ def run(root: str) -> dict:
     prompts = [tasks_lib.prompt_messages(t) for t in task_list]
     gen = ChatGenerator(setup, tok, cfg.eval.max_new_tokens, greedy=True,
                         batch_size=cfg.eval.batch_size)
-    rm_params, norm = reward_lib.load_reward_model(os.path.join(root, "reward"), setup)
+    rm_params, norm = reward_lib.load_reward_model(os.path.join(root, "reward"), setup,
+                                                   what="--pipeline reward stage")
     reward_fn = reward_lib.make_reward_fn(setup, rm_params, norm)
     multiple = setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]
     lm_sh, lm_abstract = setup.param_shardings()
@@ -106,8 +108,7 @@ def write(root, summary, task_list, answers):
                 row[name] = {"text": a["texts"][i], "gold": float(a["gold"][i]),
                              "rm": float(a["rm"][i])}
             f.write(json.dumps(row) + "\n")
-    with open(os.path.join(out, "summary.json"), "w") as f:  # last: marks the stage complete
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(out, "summary.json"), summary)  # last: marks the stage complete
     for name, r in summary["policies"].items():
         g, m = r["gold"], r["rm"]
         print(f"{name:5s} gold {g['mean']:.3f} [{g['lo']:.3f}, {g['hi']:.3f}]  "

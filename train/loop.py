@@ -3,6 +3,12 @@
 Dispatch step n+1 before reading step n's metrics (the host never waits on the device except
 at log/eval/checkpoint points), evaluate, checkpoint, stop on NaN/Inf with the step named and
 the last good checkpoint kept, save and exit cleanly on SIGTERM/SIGINT, resume exactly.
+
+A step's loss is computed BEFORE its update, so a finite loss does not make the saved
+parameters finite: Checkpoints.save checks the state itself. The run folder's config.json and
+run_info.json are written only once the checkpoint has been restored (or there is none), so a
+refused resume leaves the folder as it was. A run resumed after its last step evaluates again,
+so its summary never reads an empty evaluation.
 """
 
 import contextlib
@@ -15,12 +21,23 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from train.checkpoint import Checkpoints, abstract_like
-from train.metrics import MetricsWriter
+from train.checkpoint import Checkpoints, NonFiniteState, abstract_like
+from train.metrics import MetricsWriter, write_run_info
 
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+def save_finite(ckpt, step, state, data_state, extras, what="step"):
+    """ckpt.save, with a refused non-finite state reported as the run's NaN stop."""
+    try:
+        ckpt.save(step, state, data_state, extras, force=True)
+    except NonFiniteState:
+        raise NonFiniteLoss(
+            f"the parameters are NaN/Inf after {what} {step} (its loss, computed before the "
+            f"update, was finite); stopping without saving them: {ckpt.last_good()}"
+        ) from None
 
 
 @dataclasses.dataclass
@@ -58,10 +75,18 @@ def _stop_on_signals(flag: dict):
             signal.signal(s, h)
 
 
-def fit(*, workdir, cfg, state, state_sh, step_fn, data_iter, hooks: Hooks) -> FitResult:
-    """Trains until cfg.steps (resuming from the newest checkpoint in workdir/ckpt)."""
+def fit(*, workdir, cfg, state, state_sh, step_fn, data_iter, hooks: Hooks,
+        run_config=None) -> FitResult:
+    """Trains until cfg.steps (resuming from the newest checkpoint in workdir/ckpt).
+    run_config: written to workdir/config.json once the resume has been accepted."""
     ckpt = Checkpoints(f"{workdir}/ckpt", keep=cfg.keep_ckpts, async_save=cfg.async_checkpoint)
-    state, extras = _maybe_resume(ckpt, state, state_sh, data_iter, hooks.extras)
+    try:
+        state, extras = _maybe_resume(ckpt, state, state_sh, data_iter, hooks.extras)
+    except BaseException:
+        ckpt.close()
+        raise
+    if run_config is not None:
+        write_run_info(workdir, run_config)
     writer = MetricsWriter(workdir)
     start, flag, last_eval = int(state.step), {}, {}
     bar = tqdm(total=cfg.steps, initial=start, dynamic_ncols=True, mininterval=1.0)
@@ -80,7 +105,7 @@ def fit(*, workdir, cfg, state, state_sh, step_fn, data_iter, hooks: Hooks) -> F
                     pending = None
                     if last and hooks.final_extras_fn:
                         extras.update(hooks.final_extras_fn(state.params))
-                    ckpt.save(step, state, data_iter.get_state(), extras, force=True)
+                    save_finite(ckpt, step, state, data_iter.get_state(), extras)
                 if hooks.eval_fn and (step % cfg.eval_every == 0 or last):
                     last_eval = _run_eval(hooks.eval_fn, state, step, writer)
                 if hooks.sample_fn and cfg.sample_every and (step % cfg.sample_every == 0 or last):
@@ -90,6 +115,8 @@ def fit(*, workdir, cfg, state, state_sh, step_fn, data_iter, hooks: Hooks) -> F
                     break
             if pending is not None:
                 _report(pending, writer, bar, timer, cfg, ckpt, force=True)
+        if hooks.eval_fn and not last_eval and int(state.step) >= cfg.steps:
+            last_eval = {k: float(v) for k, v in hooks.eval_fn(state.params).items()}
     finally:
         bar.close()
         ckpt.close()
@@ -98,10 +125,10 @@ def fit(*, workdir, cfg, state, state_sh, step_fn, data_iter, hooks: Hooks) -> F
 
 
 def _maybe_resume(ckpt, state, state_sh, data_iter, extras):
-    step = ckpt.latest_step()
-    if step is None:
+    restored = ckpt.restore_latest(abstract_like(state, state_sh))
+    if restored is None:
         return state, dict(extras)
-    state, data_state, saved_extras = ckpt.restore(step, abstract_like(state, state_sh))
+    step, state, data_state, saved_extras = restored
     if data_state:
         data_iter.set_state(data_state)
     print(f"resumed from {ckpt.directory} at step {step}")
@@ -134,9 +161,7 @@ def _report(pending, writer, bar, timer, cfg, ckpt, force=False):
     values = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
     if not math.isfinite(values.get("loss", 0.0)):  # every step: the fetch overlaps step n+1
         raise NonFiniteLoss(
-            f"loss is {values['loss']} at step {step}; stopping. The last good "
-            f"checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}"
-        )
+            f"loss is {values['loss']} at step {step}; stopping: {ckpt.last_good()}")
     if not (force or step % cfg.log_every == 0 or step == 1):
         return
     values.update(timer.rates())

@@ -67,15 +67,32 @@ def read_metrics(workdir: str, split: str | None = None) -> list[dict]:
     return [r for r in rows if split is None or r.get("split") == split]
 
 
+def atomic_write(path: str, text: str) -> None:
+    """Writes a whole file or nothing: a temporary file renamed over the old one (a kill or a
+    full disk mid-write leaves the previous version, never a truncated one)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=2) + "\n")
+
+
 def write_run_info(workdir: str, config) -> None:
     """Resolved config, package versions and git commit, so a run can be reproduced."""
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(
-            config.to_json_best_effort(indent=2)
-            if hasattr(config, "to_json_best_effort")
-            else json.dumps(config, indent=2, default=str)
-        )
+    atomic_write(
+        os.path.join(workdir, "config.json"),
+        config.to_json_best_effort(indent=2)
+        if hasattr(config, "to_json_best_effort")
+        else json.dumps(config, indent=2, default=str),
+    )
     versions = {"python": sys.version.split()[0]}
     for pkg in PACKAGES:
         try:
@@ -83,8 +100,7 @@ def write_run_info(workdir: str, config) -> None:
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = None
     info = {"versions": versions, "git_commit": _git_commit(), "argv": sys.argv}
-    with open(os.path.join(workdir, "run_info.json"), "w") as f:
-        json.dump(info, f, indent=2)
+    write_json(os.path.join(workdir, "run_info.json"), info)
 
 
 def _git_commit():

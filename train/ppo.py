@@ -42,7 +42,7 @@ from train import optim, ppo_eval, rl_math
 from train import setup as setup_lib
 from train.checkpoint import Checkpoints, abstract_like, load_params
 from train.generation import eval_tasks, gold_scores
-from train.loop import NonFiniteLoss, _stop_on_signals
+from train.loop import NonFiniteLoss, _stop_on_signals, save_finite
 from train.metrics import MetricsWriter, write_run_info
 from train.ppo_eval import replies, to_host
 from train.ppo_phases import RewardModelScore, iteration_key
@@ -101,7 +101,6 @@ def run(config, workdir: str, reward_fn=None, stop_after: int | None = None) -> 
     SIGTERM would.
     """
     t0 = time.perf_counter()
-    write_run_info(workdir, config)
     tok = Tokenizer(config.data.tokenizer)
     check_vocab(tok, config.model.vocab_size)
     setup = setup_lib.make_setup(config)
@@ -242,7 +241,12 @@ def train(r: Run, state, stop_after):
     c = r.config
     ckpt = Checkpoints(f"{r.workdir}/ckpt", c.train.keep_ckpts, c.train.async_checkpoint)
     stream = PromptStream(len(r.world.train_prompts), c.tasks.seed)
-    state, extras = _resume(ckpt, state, r.phases.state_sh, stream)
+    try:
+        state, extras = _resume(ckpt, state, r.phases.state_sh, stream)
+    except BaseException:
+        ckpt.close()
+        raise
+    write_run_info(r.workdir, c)  # only now: a refused resume leaves the folder as it was
     health = ppo_eval.Health(c.health, c.kl.target, extras.get("health", {}))
     writer = MetricsWriter(r.workdir)
     n, flag, last, batch, metrics = c.ppo.iterations, {}, None, None, {}
@@ -261,7 +265,7 @@ def train(r: Run, state, stop_after):
                 stop = bool(flag) or it == stop_after
                 if it % c.train.ckpt_every == 0 or it == n or stop:
                     extras["health"] = health.to_json()
-                    ckpt.save(it, state, stream.get_state(), extras, force=True)
+                    save_finite(ckpt, it, state, stream.get_state(), extras, "PPO iteration")
                 if stop:
                     bar.write(f"stopping after iteration {it} (checkpoint saved)")
                     break
@@ -275,10 +279,10 @@ def train(r: Run, state, stop_after):
 
 def _resume(ckpt, state, state_sh, stream):
     """(state, extras) of the newest checkpoint (prompt stream restored), or as given."""
-    step = ckpt.latest_step()
-    if step is None:
+    restored = ckpt.restore_latest(abstract_like(state, state_sh))
+    if restored is None:
         return state, {"eval_points": [], "time_s": {}}
-    state, data_state, extras = ckpt.restore(step, abstract_like(state, state_sh))
+    step, state, data_state, extras = restored
     stream.set_state(data_state)
     print(f"resumed from {ckpt.directory} at iteration {step}")
     return state, dict(extras)
@@ -289,9 +293,7 @@ def _check_finite(it, metrics, ckpt):
     for key in ("policy_loss", "value_loss", "kl", "reward"):
         if not math.isfinite(metrics[key]):
             raise NonFiniteLoss(
-                f"{key} is {metrics[key]} at PPO iteration {it}; stopping. The last good "
-                f"checkpoint (iteration {ckpt.latest_step()}) is kept in {ckpt.directory}"
-            )
+                f"{key} is {metrics[key]} at PPO iteration {it}; stopping: {ckpt.last_good()}")
 
 
 def _log(it, metrics, health, writer, bar, extras):

@@ -13,7 +13,6 @@ summary.json:
   time_s        wall time in rollout, score, update, eval, best-of-n
 """
 
-import json
 import os
 import time
 
@@ -26,6 +25,7 @@ from model import sampler
 from train import rl_math
 from train.best_of_n import print_table, run_best_of_n
 from train.generation import gold_scores
+from train.metrics import write_json
 
 
 def to_host(tree):
@@ -194,8 +194,7 @@ def finish(r, result, extras, last, wall_s) -> dict:
         "eval_points": extras["eval_points"],
         "time_s": {**extras["time_s"], "total_this_process": wall_s},
     }
-    with open(os.path.join(r.workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(r.workdir, "summary.json"), summary)
     print_headline(summary)
     return summary
 

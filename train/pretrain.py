@@ -6,7 +6,6 @@ Reads top to bottom: tokenizer → corpus → packed grain stream → sharded st
 summary (validation loss against the corpus's unigram entropy, the mixture table, samples).
 """
 
-import json
 import math
 import os
 
@@ -20,14 +19,13 @@ from model import sampler
 from train import losses
 from train import setup as setup_lib
 from train.loop import Hooks, fit
-from train.metrics import write_run_info
+from train.metrics import atomic_write, write_json
 from train.step import make_eval_step, make_train_step
 
 SAMPLE_PROMPTS = ("To be, or not to be", "KING HENRY:", "How are you doing today?", "I think")
 
 
 def run(config, workdir: str):
-    write_run_info(workdir, config)
     data = config.data
     corpus = load_corpus(data)
     tok = load_or_train_tokenizer(data, corpus)
@@ -53,7 +51,7 @@ def run(config, workdir: str):
         peak_flops=setup_lib.total_peak_flops(),
     )
     result = fit(workdir=workdir, cfg=config.train, state=state, state_sh=state_sh,
-                 step_fn=step_fn, data_iter=train_iter, hooks=hooks)
+                 step_fn=step_fn, data_iter=train_iter, hooks=hooks, run_config=config)
     if not result.interrupted:
         write_summary(workdir, config, corpus, tok, train_docs, result)
     return result
@@ -139,10 +137,9 @@ def write_summary(workdir, config, corpus, tok, train_docs, result):
         "train_tokens": tokens,
         "steps": result.step,
     }
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    with open(os.path.join(workdir, "mixture.md"), "w") as f:
-        f.write(table + "\n\n" + "\n".join(corpus.attributions) + "\n")
+    atomic_write(os.path.join(workdir, "mixture.md"),
+                 table + "\n\n" + "\n".join(corpus.attributions) + "\n")
+    write_json(os.path.join(workdir, "summary.json"), summary)  # last: marks the stage done
     print(table)
     print(f"validation loss {summary['val_loss']:.3f} nats/token vs unigram entropy "
           f"{summary['unigram_entropy']:.3f} nats/token")

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from model.config import ModelConfig  # noqa: E402
-from train.metrics import read_metrics  # noqa: E402
+from train.metrics import atomic_write, read_metrics  # noqa: E402
 
 LABELLER = ("synthetic preferences from a programmatic labeller (a noisy Bradley-Terry rater "
             "over the gold scorer of the synthetic tasks) — not human data")
@@ -221,6 +221,5 @@ def build(root: str) -> str:
         parts.append("")
     parts += ["## Compute per stage", "", compute_table(root), ""]
     text = "\n".join(parts)
-    with open(os.path.join(root, "report.md"), "w") as f:
-        f.write(text)
+    atomic_write(os.path.join(root, "report.md"), text)
     return text

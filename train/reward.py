@@ -47,7 +47,7 @@ from train import setup as setup_lib
 from train.checkpoint import abstract_like, load_params
 from train.collect import load_lm_params
 from train.loop import Hooks, fit
-from train.metrics import write_run_info
+from train.metrics import write_json
 from train.reward_data import (
     KEYS,
     PairIterator,
@@ -196,10 +196,16 @@ def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def load_reward_model(run_dir: str, setup) -> tuple:
-    """(params, Normaliser) of a finished reward run; the normaliser maps raw → g·raw + b."""
+def load_reward_model(run_dir: str, setup, what: str = "reward_from") -> tuple:
+    """(params, Normaliser) of a finished reward run; the normaliser maps raw → g·raw + b.
+    `what` names the config key or flag that gave run_dir (for the error message)."""
+    ckpt_dir = os.path.join(run_dir, "ckpt")
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(
+            f"{what}={run_dir!r}: no checkpoint folder {ckpt_dir} (train the reward model "
+            "first, or point the config at its run)")
     shardings, abstract = setup.param_shardings("scalar")
-    params, extras = load_params(os.path.join(run_dir, "ckpt"), abstract_like(abstract, shardings))
+    params, extras = load_params(ckpt_dir, abstract_like(abstract, shardings))
     if "reward_gain" not in extras or "reward_bias" not in extras:
         raise ValueError(
             f"{run_dir}: checkpoint has no reward normalisation (extras "
@@ -264,7 +270,6 @@ def init_from_sft(sft_params: dict, fresh_params: dict) -> dict:
 
 def run(config, workdir: str):
     t0, data = time.time(), config.data
-    write_run_info(workdir, config)
     tok = Tokenizer(data.tokenizer)
     check_vocab(tok, config.model.vocab_size)
     train_paths, heldout_paths = preference_paths(config)
@@ -311,6 +316,7 @@ def run(config, workdir: str):
         step_fn=step_fn,
         data_iter=PairIterator(arrays, data.batch_size, setup.mesh, config.seed),
         hooks=hooks,
+        run_config=config,
     )
     if not result.interrupted:
         write_summary(
@@ -347,8 +353,7 @@ def write_summary(workdir, result, init_eval, train_pairs, heldout_pairs, trunca
         "wall_s": wall_s,
         **{k: v for k, v in result.extras.items() if k.startswith("reward_")},
     }
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(workdir, "summary.json"), summary)
     print(
         f"reward model: {len(train_pairs)} training pairs ({', '.join(summary['annotators'])}),"
         f" {result.step} steps, {wall_s:.0f}s"

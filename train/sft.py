@@ -32,7 +32,7 @@ from train import setup as setup_lib
 from train.checkpoint import abstract_like, load_params
 from train.generation import ChatGenerator, eval_tasks, gold_scores
 from train.loop import Hooks, fit
-from train.metrics import write_run_info
+from train.metrics import atomic_write, write_json
 from train.step import make_eval_step, make_train_step
 
 TASKS = "tasks"  # the mixture name of the synthetic task demonstrations
@@ -46,7 +46,6 @@ CHAT_PROMPTS = (
 
 def run(config, workdir: str):
     start_time = time.perf_counter()
-    write_run_info(workdir, config)
     data = config.data
     tok = load_tokenizer(data.tokenizer)
     check_vocab(tok, config.model.vocab_size)
@@ -85,6 +84,7 @@ def run(config, workdir: str):
         step_fn=step_fn,
         data_iter=train_iter,
         hooks=hooks,
+        run_config=config,
     )
     if not result.interrupted:
         extra = run_facts(result, val_loss, train_sets, n_truncated, start_time)
@@ -123,11 +123,14 @@ def load_init_params(init_from: str, setup):
     return params, shardings
 
 
-def _dialogue_texts(name: str, data, cache: dict) -> list:
+def _dialogue_texts(name: str, data, cache: dict, key: str = "data.sft_mixture") -> list:
     """Messages lists of a dialogue set: a dialogue source or local:<file.jsonl>."""
     if name not in cache:
         if name.startswith(sources.LOCAL_PREFIX):
-            cache[name] = dialogues_lib.read_dialogues(name[len(sources.LOCAL_PREFIX) :])
+            path = name[len(sources.LOCAL_PREFIX) :]
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"config {key}: {name}: no such file {path!r}")
+            cache[name] = dialogues_lib.read_dialogues(path)
         else:
             cache[name] = sources.load_dialogues(name, data.cache_dir or None)
     return cache[name]
@@ -143,7 +146,7 @@ def task_words(data, cache: dict | None = None) -> list[str] | None:
 
     def texts():
         for name in names:
-            for conv in _dialogue_texts(name, data, cache):
+            for conv in _dialogue_texts(name, data, cache, "data.task_word_sources"):
                 yield from (m["content"] if isinstance(m, dict) else m for m in conv)
 
     return corpus_lib.common_words(texts(), data.n_task_words)
@@ -371,8 +374,6 @@ def write_summary(workdir: str, base: dict, sft: dict, extra: dict, k: int) -> d
         },
         **extra,
     }
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
     rows = side_by_side(base, sft, k)
     table = ["| prompt | base | gold | SFT | gold |", "|---|---|---:|---|---:|"]
     for r in rows:
@@ -381,12 +382,13 @@ def write_summary(workdir: str, base: dict, sft: dict, extra: dict, k: int) -> d
             f"| {_cell(r['prompt'])} | {_cell(r['base'])} | {golds[0]} | "
             f"{_cell(r['sft'])} | {golds[1]} |"
         )
-    with open(os.path.join(workdir, "answers.md"), "w") as f:
-        f.write(
-            "# Greedy answers on held-out task prompts and open prompts: base vs SFT\n\n"
-            + "\n".join(table)
-            + "\n"
-        )
+    atomic_write(
+        os.path.join(workdir, "answers.md"),
+        "# Greedy answers on held-out task prompts and open prompts: base vs SFT\n\n"
+        + "\n".join(table)
+        + "\n",
+    )
+    write_json(os.path.join(workdir, "summary.json"), summary)  # last: marks the stage done
     print_headline(summary, rows)
     return summary
 

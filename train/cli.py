@@ -1,0 +1,195 @@
+"""What every entry point shares: one error path, quiet third-party logs, a folder lock.
+
+    from train import cli
+    if __name__ == "__main__":
+        cli.run(main)            # instead of absl's app.run(main)
+
+Expected errors — an exception raised by an explicit `raise` in jaxchat's own code (they all
+say what is wrong and where: config key, file and line, tensor name), a file-system error
+(missing file, no space, read-only, permission), a misspelt config override — print ONE line
+to stderr and exit 2. Anything else keeps its traceback (a bug should look like one).
+`--debug` or JAXCHAT_DEBUG=1 shows every traceback. `--help` exits 0.
+
+Exit statuses: 0 done, 1 failed (unexpected), 2 expected error, 130 interrupted (a checkpoint
+was saved; the same command resumes).
+"""
+
+import contextlib
+import errno
+import fcntl
+import linecache
+import logging
+import os
+import re
+import sys
+import traceback
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUR_FOLDERS = tuple(os.path.join(ROOT, d) + os.sep for d in ("model", "data", "train",
+                                                              "scripts", "configs"))
+FILE_ERRNOS = {errno.ENOENT, errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM,
+               errno.EDQUOT, errno.EISDIR, errno.ENOTDIR, errno.EEXIST}
+HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+
+
+class FolderBusy(RuntimeError):
+    pass
+
+
+def debug_requested(argv=None) -> bool:
+    argv = sys.argv if argv is None else argv
+    return "--debug" in argv or os.environ.get("JAXCHAT_DEBUG", "") not in ("", "0")
+
+
+def run(main, argv=None):
+    """absl's app.run(main) behind the one error path (see the module docstring)."""
+    from absl import app
+
+    argv = list(sys.argv if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]
+    quiet_third_party_logs()
+    try:
+        app.run(lambda args: main(args) if debug else _quiet_then(main, args), argv=argv)
+    except SystemExit as e:
+        if e.code == 1 and any(a in HELP_FLAGS for a in argv):
+            sys.exit(0)  # absl exits 1 after printing --help
+        raise
+    except Exception as e:  # noqa: BLE001 - sorted into expected (one line) and bugs below
+        if debug:
+            raise
+        line = one_line_error(e, argv)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+
+
+def run_argparse(main, argv=None):
+    """The same error path for the argparse entry points (chat, sample)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]
+    quiet_third_party_logs()
+    try:
+        return main(argv)
+    except Exception as e:  # noqa: BLE001
+        line = None if debug else one_line_error(e, argv)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+
+
+def _quiet_then(main, args):
+    quiet_third_party_logs()  # absl resets its verbosity while parsing flags
+    return main(args)
+
+
+def quiet_third_party_logs():
+    """orbax, absl and jax log every save and restore at INFO: warnings and errors only."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        from absl import logging as absl_logging
+
+        if "--verbosity" not in " ".join(sys.argv) and "-v=" not in " ".join(sys.argv):
+            absl_logging.set_verbosity(absl_logging.WARNING)
+    except ImportError:
+        pass
+    for name in ("absl", "orbax", "jax", "grain", "tensorstore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def one_line_error(e: BaseException, argv=()) -> str | None:
+    """The one line for an expected error, or None for anything that should keep its trace."""
+    override = _config_override_error(e, argv)
+    if override:
+        return override
+    if isinstance(e, OSError) and e.errno in FILE_ERRNOS:
+        where = f" {e.filename}" if e.filename else ""
+        return f"{e.strerror or e}:{where}"
+    if _raised_here(e):
+        return _squash(str(e) or type(e).__name__)
+    fs = _file_system_message(e)
+    if fs:
+        return fs
+    return None
+
+
+def _raised_here(e: BaseException) -> bool:
+    """True when the innermost frame is a `raise` statement in jaxchat's own code."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = os.path.abspath(tb.tb_frame.f_code.co_filename)
+    if not path.startswith(OUR_FOLDERS) or isinstance(e, AssertionError):
+        return False
+    return linecache.getline(path, tb.tb_lineno).strip().startswith("raise")
+
+
+def _file_system_message(e: BaseException) -> str | None:
+    """Disk full / read-only / permission errors surfaced by libraries (orbax, tensorstore)
+    as other exception types: their errno text is in the message."""
+    text = " ".join(traceback.format_exception_only(type(e), e))
+    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+        msg = os.strerror(code)
+        if msg in text:
+            path = re.search(r"(/[^\s'\"]+)", text)
+            return f"{msg}" + (f": {path.group(1)}" if path else "") + " (file system error)"
+    return None
+
+
+def _config_override_error(e: BaseException, argv) -> str | None:
+    """ml_collections' misspelt-override error, as: which flag, which key, the suggestion."""
+    chain, seen = [], e
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    texts = [str(x) for x in chain if isinstance(x, AttributeError | KeyError)]
+    for text in texts:
+        bad = re.search(r"^'*\\*'?([A-Za-z_]\w*)\\*'", text.strip("'\""))
+        suggestion = re.search(r'Did you mean "(\w+)"', text.replace("\\", ""))
+        if not bad:
+            continue
+        key = bad.group(1)
+        for a in argv:
+            m = re.match(r"--(\w+)\.([\w.]+)(=.*)?$", a)
+            if m and key in m.group(2).split("."):
+                hint = f" (did you mean {suggestion.group(1)!r}?)" if suggestion else ""
+                return (f"{a.split('=')[0]}: the config has no key {m.group(2)!r}{hint}; "
+                        "overrides must name existing keys")
+    return None
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str, what: str = "run"):
+    """Refuses a second process on the same run folder (the lock dies with its process)."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, ".lock")
+    f = open(path, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise FolderBusy(
+            f"{folder} is in use by {holder}: wait for it to finish or stop it "
+            f"(two {what}s writing one folder would mix their results)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{what} pid {os.getpid()}")
+    f.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
