@@ -18,7 +18,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 pipeline: venv
 	$(PY) -m scripts.pipeline --config $(CONFIG)

@@ -43,6 +43,7 @@ READS = {  # the stages whose results each stage reads
     "report": ("pretrain", "sft", "collect", "reward", "ppo", "evaluate"),
 }
 COLLECT_KEYS = ("collect", "init_from", "model", "mesh", "seed")  # what collection reads
+KEY_PREFIX = {"tokenizer": "pretrain.data.", "collect": "reward.", "evaluate": "", "report": ""}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "pipeline config", lock_config=True)
 _FROM = flags.DEFINE_enum("from", None, STAGES, "redo this stage and every stage after it")
@@ -164,7 +165,8 @@ def make_plan(c, cfgs, forced: set, only: set) -> list:
     inputs = stage_inputs(c, cfgs)
     for name in STAGES:
         upstream = {u: records[u]["fingerprint"] for u in READS[name]}
-        records[name] = rec = fp.make_record(inputs[name], root, upstream)
+        records[name] = rec = fp.make_record(inputs[name], root, upstream,
+                                             KEY_PREFIX.get(name, f"{name}."))
         old, done = read_record(root, name), os.path.exists(done_marker(name, root))
         same = old is not None and old.get("fingerprint") == rec["fingerprint"]
         started = done or (old is not None)

@@ -29,3 +29,18 @@ def tokenizer(tmp_path_factory):
 
     prefix = tmp_path_factory.mktemp("tok") / "tiny"
     return Tokenizer(train_tokenizer(_tokenizer_texts(), 384, str(prefix)))
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline(tmp_path_factory):
+    """(workdir, data dir, completed process) of one finished smoke pipeline: every stage on
+    data made here. Tests that change it copy it first. Its users share an xdist group, so
+    it is built once."""
+    from tests import smoke
+
+    data = tmp_path_factory.mktemp("smoke_data")
+    smoke.make_data(str(data))
+    work = str(tmp_path_factory.mktemp("smoke") / "run")
+    out = smoke.run(smoke.pipeline_cmd(work, str(data)), timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return work, str(data), out

@@ -123,13 +123,14 @@ def test_no_restorable_checkpoint_is_one_clear_error_and_moves_nothing(full_run,
 
 
 def test_a_bitflipped_input_checkpoint_is_an_error_not_a_silent_load(full_run, tmp_path):
-    folder, _ = full_run
-    run = str(tmp_path / "run")
-    shutil.copytree(folder, run)
-    corrupt(f"{run}/ckpt/6", "bitflip")
-    _, abstract = _params_abstract(run)
+    _, params = full_run
+    state, abstract = _params_abstract(str(tmp_path))
+    ckpt = checkpoint.Checkpoints(str(tmp_path / "ckpt"), async_save=False)
+    ckpt.save(6, {"params": state.params})  # params only: the flipped bit lands in them
+    ckpt.close()
+    corrupt(f"{tmp_path}/ckpt/6", "bitflip")
     with pytest.raises(CorruptCheckpoint, match="step 6 .*checksum"):
-        checkpoint.load_params(f"{run}/ckpt", abstract)
+        checkpoint.load_params(f"{tmp_path}/ckpt", abstract)
 
 
 def test_missing_checkpoint_folder_is_not_created(tmp_path):
@@ -199,13 +200,15 @@ def test_read_only_and_permission_errors_are_one_line(tmp_path):
 
 
 def test_only_deliberate_errors_lose_their_traceback():
-    def ours():
-        raise ValueError("config data.seq_len=3 must be >= 8")
+    from data import corpus
+
+    def ours():  # an explicit raise in jaxchat's code, with its message
+        corpus.validate_mixture([])
 
     def bug():
         return {}["missing"]
 
-    for fn, want in ((ours, "config data.seq_len=3 must be >= 8"), (bug, None)):
+    for fn, want in ((ours, "mixture is empty: name at least one source"), (bug, None)):
         try:
             fn()
         except Exception as e:  # noqa: BLE001
@@ -217,9 +220,9 @@ def test_only_deliberate_errors_lose_their_traceback():
 
 
 def test_a_second_process_on_one_folder_is_refused(tmp_path):
-    with cli.folder_lock(str(tmp_path), "training run"):
-        with pytest.raises(cli.FolderBusy, match=f"in use by training run pid {os.getpid()}"):
-            with cli.folder_lock(str(tmp_path), "training run"):
-                pass
+    busy = pytest.raises(cli.FolderBusy, match=f"in use by training run pid {os.getpid()}")
+    with cli.folder_lock(str(tmp_path), "training run"), busy, \
+            cli.folder_lock(str(tmp_path), "training run"):
+        pass
     with cli.folder_lock(str(tmp_path), "training run"):  # released with its holder
         pass

@@ -6,39 +6,14 @@ Checks that every stage's outputs exist, are finite, and are consumed by the nex
 import json
 import math
 import os
-import random
-import subprocess
-import sys
+import re
 
 import pytest
 
-from data import tasks
+from tests import smoke
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# One CPU device in the stage processes (not the 8 virtual ones of the tests), fast compiles.
-ENV = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
-STAGES = ("pretrain", "sft", "collect", "reward", "ppo", "evaluate")
-
-
-def make_data(folder):
-    rng = random.Random(0)
-    words = list(tasks.FALLBACK_WORDS)
-    lines = []
-    for t in tasks.make_tasks(tasks.FAMILIES, 300, seed=1, split="train"):
-        lines += [t.prompt, t.answer]
-    for _ in range(600):
-        lines.append(" ".join(rng.choice(words) for _ in range(rng.randint(5, 14))).capitalize()
-                     + rng.choice([".", "?", "!"]))
-    with open(os.path.join(folder, "corpus.jsonl"), "w") as f:
-        for i in range(0, len(lines), 12):  # 12 lines = one document
-            f.write(json.dumps({"text": "\n".join(lines[i:i + 12])}) + "\n")
-    with open(os.path.join(folder, "dialogues.jsonl"), "w") as f:
-        for _ in range(40):
-            q = " ".join(rng.choice(words) for _ in range(6))
-            a = " ".join(rng.choice(words) for _ in range(8))
-            msgs = [{"role": "user", "content": f"Tell me about {q}?"},
-                    {"role": "assistant", "content": f"Well, {a}."}]
-            f.write(json.dumps({"messages": msgs}) + "\n")
+pytestmark = pytest.mark.xdist_group("smoke")  # one worker builds the shared smoke run
+STAGES = smoke.STAGES
 
 
 def _finite_numbers(obj):
@@ -50,15 +25,9 @@ def _finite_numbers(obj):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    data = tmp_path_factory.mktemp("smoke_data")
-    make_data(str(data))
-    work = str(tmp_path_factory.mktemp("smoke") / "run")
-    cmd = [sys.executable, "-m", "scripts.pipeline", f"--config=configs/pipeline/smoke.py:{data}",
-           f"--config.workdir={work}", f"--config.cache_dir={data}/cache"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=ENV)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-    return work, str(data)
+def smoke_run(smoke_pipeline):
+    work, data, _ = smoke_pipeline
+    return work, data
 
 
 def _summary(work, stage):
@@ -101,8 +70,17 @@ def test_each_stage_consumes_the_previous_one(smoke_run):
 
 def test_finished_stages_are_skipped_on_rerun(smoke_run, tmp_path):
     work, data = smoke_run
-    cmd = [sys.executable, "-m", "scripts.pipeline", f"--config=configs/pipeline/smoke.py:{data}",
-           f"--config.workdir={work}", f"--config.cache_dir={data}/cache"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    before = {f: os.path.getmtime(os.path.join(work, f))
+              for f in ("pipeline_config.json", "ppo/stage_config.json")}
+    out = smoke.run(smoke.pipeline_cmd(work, data), timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("skipped") == 8
+    after = {f: os.path.getmtime(os.path.join(work, f)) for f in before}
+    assert after == before  # nothing ran, so no metadata was rewritten
+
+
+def test_third_party_info_logs_are_quiet(smoke_pipeline):
+    _, _, out = smoke_pipeline
+    text = out.stdout + out.stderr
+    info = [line for line in text.splitlines() if re.match(r"I\d{4} |INFO:", line)]
+    assert not info, info[:5]

@@ -192,7 +192,7 @@ def _host(x):
 
 
 def _params_of(state):
-    return state["params"] if isinstance(state, dict) else getattr(state, "params", None)
+    return state.get("params") if isinstance(state, dict) else getattr(state, "params", None)
 
 
 def integrity(state) -> tuple[bool, dict]:

@@ -48,7 +48,7 @@ def canonical(config: dict, root: str) -> dict:
     return out
 
 
-def input_files(config: dict, root: str) -> dict:
+def input_files(config: dict, root: str, key_prefix: str = "") -> dict:
     """{path: config key} of the user files the config reads: `local:` entries (which must
     exist) and values naming an existing file or folder outside the pipeline folder."""
     root = os.path.abspath(root)
@@ -63,7 +63,8 @@ def input_files(config: dict, root: str) -> dict:
             if not path or os.path.abspath(path).startswith(root + os.sep):
                 continue
             if local and not os.path.exists(path):
-                raise FileNotFoundError(f"config {key}: the local file {path} does not exist")
+                raise FileNotFoundError(
+                    f"config {key_prefix}{key}: the local file {path} does not exist")
             if local or ("/" in path and os.path.exists(path)):
                 found.setdefault(os.path.abspath(path), key)
     return found
@@ -92,10 +93,11 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def make_record(config: dict, root: str, upstream: dict) -> dict:
-    """{fingerprint, config, files, upstream}: what a stage records before it runs."""
+def make_record(config: dict, root: str, upstream: dict, key_prefix: str = "") -> dict:
+    """{fingerprint, config, files, upstream}: what a stage records before it runs.
+    key_prefix: where `config` sits in the pipeline config (for error messages)."""
     conf = canonical(config, root)
-    files = {path: file_digest(path) for path in sorted(input_files(config, root))}
+    files = {path: file_digest(path) for path in sorted(input_files(config, root, key_prefix))}
     body = {"config": conf, "files": files, "upstream": dict(sorted(upstream.items()))}
     return {"fingerprint": _sha(json.dumps(body, sort_keys=True, default=str)), **body}
 
