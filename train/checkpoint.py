@@ -108,7 +108,8 @@ class Checkpoints:
     def restore_latest(self, abstract_state):
         """(step, state, data_state, extras) of the newest step that restores, or None when the
         folder has no checkpoint. Newer steps that fail are moved aside (never deleted)."""
-        steps = sorted(self.manager.all_steps(read=True), reverse=True)
+        self.manager.reload()
+        steps = sorted(self.manager.all_steps(), reverse=True)
         failed = []
         for step in steps:
             try:
@@ -219,6 +220,27 @@ def verify(saved: dict | None, tree, part: str):
 
 
 # ---------------------------------------------------------------------- shapes
+
+
+def identity(directory: str):
+    """What a reader of the newest checkpoint in `directory` gets, independent of where the
+    folder lives: {"step", "params" checksum}; the path itself for checkpoints without one."""
+    directory = os.path.abspath(directory)
+    if not os.path.isdir(directory):
+        return directory
+    ckpt = Checkpoints(directory, async_save=False, create=False)
+    try:
+        step = ckpt.latest_step()
+        if step is None:
+            return directory
+        extras = ckpt.manager.restore(
+            step, args=ocp.args.Composite(extras=ocp.args.JsonRestore()))["extras"] or {}
+    except Exception:  # noqa: BLE001 - unreadable: the loader reports it; identify by path
+        return directory
+    finally:
+        ckpt.close()
+    sums = extras.get(INTEGRITY, {})
+    return {"step": step, "params": sums["params"]} if "params" in sums else directory
 
 
 def abstract_like(tree, shardings):

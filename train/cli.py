@@ -89,17 +89,25 @@ def _quiet_then(main, args):
 
 
 def quiet_third_party_logs():
-    """orbax, absl and jax log every save and restore at INFO: warnings and errors only."""
+    """orbax, absl and jax log every save and restore at INFO: warnings and errors only,
+    unless the command line asks for a --verbosity."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        from absl import logging as absl_logging
+    if any(a.startswith(("--verbosity", "-v=")) for a in sys.argv):
+        return
+    from absl import logging as absl_logging
 
-        if "--verbosity" not in " ".join(sys.argv) and "-v=" not in " ".join(sys.argv):
-            absl_logging.set_verbosity(absl_logging.WARNING)
-    except ImportError:
-        pass
+    absl_logging.set_verbosity(absl_logging.WARNING)
     for name in ("absl", "orbax", "jax", "grain", "tensorstore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if not any(isinstance(f, _OrbaxWarnings) for f in logging.getLogger("absl").filters):
+        logging.getLogger("absl").addFilter(_OrbaxWarnings())
+
+
+class _OrbaxWarnings(logging.Filter):
+    """orbax warns about its own metadata files on ordinary restores: keep its errors only."""
+
+    def filter(self, record):
+        return record.levelno >= logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
 def one_line_error(e: BaseException, argv=()) -> str | None:

@@ -39,7 +39,7 @@ import numpy as np
 from data import preferences as prefs
 from data import tasks as tasks_lib
 from data.tokenizer import Tokenizer, check_vocab
-from train import generation
+from train import checkpoint, generation
 from train import setup as setup_lib
 from train.checkpoint import abstract_like, load_params
 from train.metrics import write_run_info
@@ -320,7 +320,8 @@ def sampling_key(config) -> dict:
     """What the candidates depend on (not the annotator): a resumed collection must match."""
     labelling = ("annotator", "tau", "eps", "out")
     key = {k: v for k, v in config.collect.to_dict().items() if k not in labelling}
-    return {**key, "init_from": config.init_from}
+    # the SFT checkpoint's identity, not its path: a moved or copied folder still matches
+    return {**key, "init_from": checkpoint.identity(os.path.join(config.init_from, "ckpt"))}
 
 
 def sample_all(config, workdir: str):

@@ -50,7 +50,8 @@ def canonical(config: dict, root: str) -> dict:
 
 def input_files(config: dict, root: str, key_prefix: str = "") -> dict:
     """{path: config key} of the user files the config reads: `local:` entries (which must
-    exist) and values naming an existing file or folder outside the pipeline folder."""
+    exist; a folder is fingerprinted by its files) and values naming an existing file outside
+    the pipeline folder (preference files, prompt files)."""
     root = os.path.abspath(root)
     found = {}
     for key, value in flatten(config).items():
@@ -65,7 +66,7 @@ def input_files(config: dict, root: str, key_prefix: str = "") -> dict:
             if local and not os.path.exists(path):
                 raise FileNotFoundError(
                     f"config {key_prefix}{key}: the local file {path} does not exist")
-            if local or ("/" in path and os.path.exists(path)):
+            if local or ("/" in path and os.path.isfile(path)):  # folders only as local:
                 found.setdefault(os.path.abspath(path), key)
     return found
 
