@@ -221,3 +221,57 @@ def test_help_exits_0(script):
     out = smoke.run([sys.executable, "-m", f"scripts.{script}", "--help"], timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip()
+
+
+# ------------------------------------------------------------------------ full and read-only disks
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (a disk that can really fill up or be made read-only)."""
+    path = str(tmp_path / "disk")
+    os.makedirs(path)
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", path],
+                           capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip("needs permission to mount a tmpfs (a real full / read-only disk)")
+    yield path
+    subprocess.run(["umount", "-l", path], check=True)
+
+
+def _pretrain_resuming_from_step_5(work, disk):
+    dst = f"{disk}/pretrain"
+    shutil.copytree(f"{work}/pretrain", dst, ignore=shutil.ignore_patterns(".lock"))
+    shutil.rmtree(f"{dst}/ckpt/10")
+    os.remove(f"{dst}/summary.json")
+    return dst, [f"--config=configs/resolved.py:{work}/pretrain/stage_config.json",
+                 f"--workdir={dst}"]
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_room(copy, small_disk):
+    work, _, original = copy
+    dst, args = _pretrain_resuming_from_step_5(work, small_disk)
+    free = os.statvfs(small_disk)
+    filler = f"{small_disk}/filler"
+    with open(filler, "wb") as f:  # leave 64 KiB: the step-10 checkpoint needs ~550 KiB
+        f.write(b"\0" * (free.f_bavail * free.f_frsize - (64 << 10)))
+    out = _train(*args)
+    _one_line_error(out, "No space left on device", dst)
+    os.remove(filler)
+    out = _train(*args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert smoke.without_times(smoke.summary(dst, ".")) == smoke.without_times(
+        smoke.summary(original, "pretrain"))
+
+
+def test_a_read_only_workdir_is_one_line_and_left_untouched(copy, small_disk):
+    work, _, _ = copy
+    dst, args = _pretrain_resuming_from_step_5(work, small_disk)
+    before = _tree_bytes(dst)
+    subprocess.run(["mount", "-o", "remount,ro", small_disk], check=True)
+    try:
+        out = _train(*args)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", small_disk], check=True)
+    _one_line_error(out, "Read-only file system", dst)
+    assert _tree_bytes(dst) == before

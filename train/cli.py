@@ -50,9 +50,9 @@ def run(main, argv=None):
     argv = list(sys.argv if argv is None else argv)
     debug = debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
-    quiet_third_party_logs()
+    quiet_third_party_logs(debug)
     try:
-        app.run(lambda args: main(args) if debug else _quiet_then(main, args), argv=argv)
+        app.run(lambda args: _quiet_then(main, args, debug), argv=argv)
     except SystemExit as e:
         if e.code == 1 and any(a in HELP_FLAGS for a in argv):
             sys.exit(0)  # absl exits 1 after printing --help
@@ -72,7 +72,7 @@ def run_argparse(main, argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
-    quiet_third_party_logs()
+    quiet_third_party_logs(debug)
     try:
         return main(argv)
     except Exception as e:  # noqa: BLE001
@@ -83,14 +83,16 @@ def run_argparse(main, argv=None):
         sys.exit(EXIT_ERROR)
 
 
-def _quiet_then(main, args):
-    quiet_third_party_logs()  # absl resets its verbosity while parsing flags
+def _quiet_then(main, args, debug):
+    quiet_third_party_logs(debug)  # absl resets its verbosity while parsing flags
     return main(args)
 
 
-def quiet_third_party_logs():
+def quiet_third_party_logs(debug: bool = False):
     """orbax, absl and jax log every save and restore at INFO: warnings and errors only,
-    unless the command line asks for a --verbosity."""
+    unless the command line asks for a --verbosity. Without --debug, orbax's own warnings and
+    the tracebacks its background threads log are dropped too: a failed save is raised again
+    in the main thread, where it becomes the one error line."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if any(a.startswith(("--verbosity", "-v=")) for a in sys.argv):
         return
@@ -99,15 +101,26 @@ def quiet_third_party_logs():
     absl_logging.set_verbosity(absl_logging.WARNING)
     for name in ("absl", "orbax", "jax", "grain", "tensorstore"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    if not any(isinstance(f, _OrbaxWarnings) for f in logging.getLogger("absl").filters):
-        logging.getLogger("absl").addFilter(_OrbaxWarnings())
+    absl_logger = logging.getLogger("absl")
+    if not debug and not any(isinstance(f, _OrbaxNoise) for f in absl_logger.filters):
+        absl_logger.addFilter(_OrbaxNoise())
+        sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
 
 
-class _OrbaxWarnings(logging.Filter):
-    """orbax warns about its own metadata files on ordinary restores: keep its errors only."""
-
+class _OrbaxNoise(logging.Filter):
     def filter(self, record):
-        return record.levelno >= logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname
+        return f"{os.sep}orbax{os.sep}" not in record.pathname or record.levelno >= logging.CRITICAL
+
+
+def _quiet_closed_loops(hook):
+    """tensorstore callbacks that outlive a failed async save print 'Event loop is closed'
+    as unraisable exceptions: noise after the real error."""
+    def quiet(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and "Event loop is closed" in str(unraisable.exc_value)):
+            hook(unraisable)
+
+    return quiet
 
 
 def one_line_error(e: BaseException, argv=()) -> str | None:
@@ -146,8 +159,10 @@ def _file_system_message(e: BaseException) -> str | None:
     for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
         msg = os.strerror(code)
         if msg in text:
-            path = re.search(r"(/[^\s'\"]+)", text)
-            return f"{msg}" + (f": {path.group(1)}" if path else "") + " (file system error)"
+            paths = re.findall(r"[\"'](/[^\"']+)[\"']", text)
+            where = paths[0] if paths else ""
+            where = re.split(r"/[^/]*orbax-checkpoint-tmp", where)[0]  # the checkpoint folder
+            return f"{msg}" + (f" while writing {where}" if where else "") + " (file system error)"
     return None
 
 
