@@ -5,6 +5,7 @@ with the same summary as the uninterrupted one."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -29,7 +30,9 @@ def copy(smoke_pipeline, tmp_path):
 
 def _one_line_error(out, *expected):
     assert out.returncode == 2, (out.returncode, out.stdout[-2000:], out.stderr[-3000:])
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    progress = re.compile(r"\d+%\|")  # tqdm's bars, also on stderr
+    lines = [line for line in out.stderr.splitlines()
+             if line.strip() and not progress.search(line)]
     assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-3000:]
     for text in expected:
         assert text in lines[0], lines[0]
@@ -189,6 +192,22 @@ def test_a_config_typo_is_one_line_naming_the_key():
     out = _train("--config=configs/pretrain/tiny.py", "--workdir=/tmp/never",
                  "--config.optim.lrr=1")
     _one_line_error(out, "--config.optim.lrr", "'optim.lrr'", "did you mean 'lr'")
+
+
+@pytest.mark.parametrize("flag,expected", [
+    ("--config.optim.lr=abc", "--config.optim.lr=abc: could not convert string to float"),
+    ("--config=configs/nowhere.py", "cannot load the experiment file: [Errno 2]"),
+    ("--config=SYNTAX", ":1: invalid syntax"),
+])
+def test_bad_flags_and_experiment_files_are_one_line(tmp_path, flag, expected):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def get_config(:\n")
+    args = ["--config=configs/pretrain/tiny.py", "--workdir=/tmp/never"]
+    if flag.startswith("--config="):  # another experiment file instead of the good one
+        args[0] = flag.replace("SYNTAX", str(bad))
+    else:
+        args.append(flag)
+    _one_line_error(_train(*args), expected)
 
 
 def test_a_missing_local_sft_file_is_one_line_naming_the_key(copy, tmp_path):

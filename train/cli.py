@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -52,7 +53,8 @@ def run(main, argv=None):
     argv = [a for a in argv if a != "--debug"]
     quiet_third_party_logs(debug)
     try:
-        app.run(lambda args: _quiet_then(main, args, debug), argv=argv)
+        app.run(lambda args: _quiet_then(main, args, debug), argv=argv,
+                flags_parser=_parse_flags_or_exit)
     except SystemExit as e:
         if e.code == 1 and any(a in HELP_FLAGS for a in argv):
             sys.exit(0)  # absl exits 1 after printing --help
@@ -83,6 +85,17 @@ def run_argparse(main, argv=None):
         sys.exit(EXIT_ERROR)
 
 
+def _parse_flags_or_exit(argv):
+    """absl's flag parsing, with a bad flag value (e.g. --config.optim.lr=abc) as one line."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {_squash(str(e))} (see --help)", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+
+
 def _quiet_then(main, args, debug):
     quiet_third_party_logs(debug)  # absl resets its verbosity while parsing flags
     return main(args)
@@ -104,6 +117,9 @@ def quiet_third_party_logs(debug: bool = False):
     absl_logger = logging.getLogger("absl")
     if not debug and not any(isinstance(f, _OrbaxNoise) for f in absl_logger.filters):
         absl_logger.addFilter(_OrbaxNoise())
+        # what tensorstore's callbacks leave behind after a failed async save
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
         sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
 
 
@@ -125,9 +141,11 @@ def _quiet_closed_loops(hook):
 
 def one_line_error(e: BaseException, argv=()) -> str | None:
     """The one line for an expected error, or None for anything that should keep its trace."""
-    override = _config_override_error(e, argv)
+    override = _config_override_error(e, argv) or _config_file_error(e)
     if override:
         return override
+    if isinstance(e, SyntaxError):  # in an experiment file: where is all the user needs
+        return f"{e.filename}:{e.lineno}: {e.msg}"
     if isinstance(e, OSError) and e.errno in FILE_ERRNOS:
         where = f" {e.filename}" if e.filename else ""
         return f"{e.strerror or e}:{where}"
@@ -185,6 +203,16 @@ def _config_override_error(e: BaseException, argv) -> str | None:
                 hint = f" (did you mean {suggestion.group(1)!r}?)" if suggestion else ""
                 return (f"{a.split('=')[0]}: the config has no key {m.group(2)!r}{hint}; "
                         "overrides must name existing keys")
+    return None
+
+
+def _config_file_error(e: BaseException) -> str | None:
+    """ml_collections' 'Failed loading config file' (missing file, error inside it)."""
+    for x in (e, e.__cause__, e.__context__):
+        text = str(x) if x is not None else ""
+        if "Failed loading config file" in text:
+            last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+            return f"--config: cannot load the experiment file: {last}"
     return None
 
 

@@ -29,6 +29,19 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def close_all(*closers):
+    """Calls every closer even when one fails (a full disk fails them all), then raises the
+    first failure: an unclosed writer would fail again, noisily, at interpreter exit."""
+    first = None
+    for close in closers:
+        try:
+            close()
+        except Exception as e:  # noqa: BLE001 - re-raised below
+            first = first or e
+    if first is not None:
+        raise first
+
+
 def save_finite(ckpt, step, state, data_state, extras, what="step"):
     """ckpt.save, with a refused non-finite state reported as the run's NaN stop."""
     try:
@@ -118,9 +131,7 @@ def fit(*, workdir, cfg, state, state_sh, step_fn, data_iter, hooks: Hooks,
         if hooks.eval_fn and not last_eval and int(state.step) >= cfg.steps:
             last_eval = {k: float(v) for k, v in hooks.eval_fn(state.params).items()}
     finally:
-        bar.close()
-        ckpt.close()
-        writer.close()
+        close_all(bar.close, ckpt.close, writer.close)
     return FitResult(state, int(state.step), bool(flag), extras, last_eval)
 
 

@@ -42,7 +42,7 @@ from train import optim, ppo_eval, rl_math
 from train import setup as setup_lib
 from train.checkpoint import Checkpoints, abstract_like, load_params
 from train.generation import eval_tasks, gold_scores
-from train.loop import NonFiniteLoss, _stop_on_signals, save_finite
+from train.loop import NonFiniteLoss, _stop_on_signals, close_all, save_finite
 from train.metrics import MetricsWriter, write_run_info
 from train.ppo_eval import replies, to_host
 from train.ppo_phases import RewardModelScore, iteration_key
@@ -270,9 +270,7 @@ def train(r: Run, state, stop_after):
                     bar.write(f"stopping after iteration {it} (checkpoint saved)")
                     break
     finally:
-        bar.close()
-        ckpt.close()
-        writer.close()
+        close_all(bar.close, ckpt.close, writer.close)
     done = int(state.step) >= n
     return PPOResult(state, int(state.step), not done, None, batch, metrics), extras, last
 
