@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import traceback
 import warnings
 
@@ -121,11 +122,23 @@ def quiet_third_party_logs(debug: bool = False):
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
         sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
+        threading.excepthook = _quiet_disk_errors_in_threads(threading.excepthook)
 
 
 class _OrbaxNoise(logging.Filter):
     def filter(self, record):
         return f"{os.sep}orbax{os.sep}" not in record.pathname or record.levelno >= logging.CRITICAL
+
+
+def _quiet_disk_errors_in_threads(hook):
+    """A full or read-only disk also fails writer threads (TensorBoard's flusher): the main
+    thread reports it in one line, so their tracebacks are dropped."""
+    def quiet(args):
+        e = args.exc_value
+        if not (isinstance(e, OSError) and e.errno in FILE_ERRNOS):
+            hook(args)
+
+    return quiet
 
 
 def _quiet_closed_loops(hook):

@@ -1,5 +1,6 @@
 """Run folder bookkeeping: metrics.jsonl, TensorBoard events, resolved config, versions, commit."""
 
+import contextlib
 import importlib.metadata
 import json
 import math
@@ -45,9 +46,28 @@ class MetricsWriter:
                     self._tb.add_scalar(f"{prefix}/{k}", v, int(step))
 
     def close(self):
-        self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+        try:
+            self._file.close()
+        finally:
+            if self._tb is not None:
+                try:
+                    self._tb.close()
+                except OSError:
+                    _abandon(self._tb)
+                    raise
+
+
+def _abandon(tb):
+    """After a failed close (full disk) mark tensorboardX's event writers closed: its own
+    atexit hook would otherwise retry the flush and print a second traceback at exit."""
+    for file_writer in (getattr(tb, "all_writers", None) or {}).values():
+        events = getattr(file_writer, "event_writer", None)
+        if events is None or events._closed:
+            continue
+        events._closed = True
+        # its thread would die noisily when the queue goes at exit; best effort on a full disk
+        with contextlib.suppress(Exception):
+            events._worker.stop()
 
 
 def _plain(v):
