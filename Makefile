@@ -14,10 +14,15 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
+# Test-only: transformers and the CPU torch for the Hugging Face parity tests.
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $@
+
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test: lint
+test: lint $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 pipeline: venv

@@ -107,9 +107,17 @@ def model_config(size: str, **overrides) -> ml_collections.ConfigDict:
         raise ValueError(f"unknown model size {size!r}; known: {sorted(MODEL_SIZES)}")
     cfg = dict(
         rope_theta=10000.0,
+        rope_type="default",
+        rope_factor=1.0,
+        rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0,
+        rope_original_max_len=8192,
         norm_eps=1e-5,
         tie_embeddings=False,
         qkv_bias=False,
+        o_bias=False,
+        max_position_embeddings=0,
+        sliding_window=0,
         compute_dtype="float32",
         remat_policy="none",
         scan_layers=True,

@@ -3,15 +3,49 @@
 KV-cache write. Pure functions of arrays: no parameters live here.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
-def apply_rope(x_BxLxNxH, positions_BxL, theta):
-    """Rotary embedding, rotate-half convention (as Hugging Face Llama), angles in fp32."""
-    h = x_BxLxNxH.shape[-1]
-    inv_freq = theta ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)
-    angles_BxLxH2 = positions_BxL[..., None].astype(jnp.float32) * inv_freq
+def rope_frequencies(cfg) -> np.ndarray:
+    """Inverse frequencies [H/2] (fp32) computed as Hugging Face computes them, so imported
+    checkpoints match: 1 / θ^(2i/H) in fp32 (θ^(-2i/H) in XLA lands 10–13 ulp away when H is
+    not a power of two, which shows in logits past ~10k positions), then the rope_type's
+    scaling (transformers' modeling_rope_utils: linear, llama3)."""
+    h = cfg.head_dim
+    exponents = np.arange(0, h, 2).astype(np.float32) / h
+    # torch's fp32 pow is correctly rounded here and numpy's fp32 pow is not: round from fp64
+    powers = (np.float64(cfg.rope_theta) ** exponents.astype(np.float64)).astype(np.float32)
+    inv = np.float32(1.0) / powers
+    if cfg.rope_type == "linear":
+        return (inv / cfg.rope_factor).astype(np.float32)
+    if cfg.rope_type == "llama3":
+        return _llama3_scaling(inv, cfg)
+    return inv
+
+
+def _llama3_scaling(inv, cfg):
+    """Llama 3.1: wavelengths above original/low_freq_factor are stretched by `factor`, those
+    below original/high_freq_factor kept, the band between interpolated smoothly. Python
+    scalars against fp32 arrays, as transformers does it (numpy ≥ 2 keeps them weak)."""
+    factor, low, high = cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    old = cfg.rope_original_max_len
+    rdiv = lambda scalar, x: (1 / x) * scalar  # torch's scalar / tensor: reciprocal, multiply
+    wavelen = rdiv(2 * math.pi, inv)
+    scaled = np.where(wavelen > old / low, inv / factor, inv)
+    smooth = (rdiv(old, wavelen) - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x_BxLxNxH, positions_BxL, inv_freq):
+    """Rotary embedding, rotate-half convention (as Hugging Face Llama), angles in fp32;
+    inv_freq [H/2] from rope_frequencies."""
+    angles_BxLxH2 = positions_BxL[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)
     sin, cos = jnp.sin(angles_BxLxH2)[:, :, None], jnp.cos(angles_BxLxH2)[:, :, None]
     x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)

@@ -9,6 +9,7 @@ import dataclasses
 import jax.numpy as jnp
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ROPE_TYPES = ("default", "linear", "llama3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -23,9 +24,23 @@ class ModelConfig:
     d_ff: int
     max_seq_len: int
     rope_theta: float = 10000.0
+    # RoPE frequency scaling, as Hugging Face's rope_type: "default", "linear" (positions / factor)
+    # or "llama3" (Llama 3.1/3.2: low frequencies / factor, a smooth band between).
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0  # llama3 only
+    rope_high_freq_factor: float = 4.0  # llama3 only
+    rope_original_max_len: int = 8192  # llama3 only: the context the base model was trained at
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     qkv_bias: bool = False
+    o_bias: bool = False  # Llama's attention_bias also biases the output projection
+    # The longest sequence the checkpoint supports (Hugging Face max_position_embeddings): a
+    # limit checked against max_seq_len, never used to size caches. 0: max_seq_len itself.
+    max_position_embeddings: int = 0
+    # Attention window of the checkpoint (Mistral v0.1): no window mask is implemented, so
+    # max_seq_len may not exceed it (within the window the model is exact). 0: none.
+    sliding_window: int = 0
     compute_dtype: str = "float32"
     remat_policy: str = "none"
     scan_layers: bool = True
@@ -57,6 +72,19 @@ class ModelConfig:
             raise ValueError(f"model.attention_chunk={self.attention_chunk} must be >= 0")
         if self.scan_unroll < 1:
             raise ValueError(f"model.scan_unroll={self.scan_unroll} must be >= 1")
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"model.rope_type={self.rope_type!r} not in {ROPE_TYPES}")
+        if self.max_position_embeddings and self.max_seq_len > self.max_position_embeddings:
+            raise ValueError(
+                f"model.max_seq_len={self.max_seq_len} exceeds the checkpoint's "
+                f"model.max_position_embeddings={self.max_position_embeddings}"
+            )
+        if self.sliding_window and self.max_seq_len > self.sliding_window:
+            raise ValueError(
+                f"model.max_seq_len={self.max_seq_len} exceeds model.sliding_window="
+                f"{self.sliding_window}: sliding-window attention is not implemented, so keep "
+                "sequences within the window (where the model is exact)"
+            )
         if self.compute_dtype not in DTYPES:
             raise ValueError(f"model.compute_dtype={self.compute_dtype!r} not in {tuple(DTYPES)}")
 
@@ -82,6 +110,8 @@ class ModelConfig:
         attn = d * h * (2 * self.n_heads + 2 * self.n_kv_heads)
         if self.qkv_bias:
             attn += h * (self.n_heads + 2 * self.n_kv_heads)
+        if self.o_bias:
+            attn += d
         per_layer = attn + 3 * d * self.d_ff + 2 * d
         total = self.vocab_size * d + self.n_layers * per_layer + d
         if head == "lm":

@@ -23,6 +23,7 @@ from model.attention import (
     attention_mask,
     cache_write_read,
     causal_chunked_attention,
+    rope_frequencies,
 )
 from model.config import ModelConfig
 
@@ -85,10 +86,10 @@ class HeadsProj(nn.Module):
             )
         kernel = self.param("kernel", _param(init, *names), shape)
         y = jnp.einsum(eq, x.astype(cfg.dtype), kernel.astype(cfg.dtype))
-        if self.bias:
-            y = y + self.param("bias", _param(nn.initializers.zeros, *names[1:]), shape[1:]).astype(
-                cfg.dtype
-            )
+        if self.bias:  # [N, H] on the way in, [D] on the way out
+            axes = slice(2, None) if self.out else slice(1, None)
+            bias = self.param("bias", _param(nn.initializers.zeros, *names[axes]), shape[axes])
+            y = y + bias.astype(cfg.dtype)
         return y
 
 
@@ -102,8 +103,9 @@ class Attention(nn.Module):
         q = HeadsProj(cfg, n, "q_heads", bias, name="q_proj")(x_BxLxD)
         k = HeadsProj(cfg, k_heads, "kv_heads", bias, name="k_proj")(x_BxLxD)
         v = HeadsProj(cfg, k_heads, "kv_heads", bias, name="v_proj")(x_BxLxD)
-        q = apply_rope(q, positions_BxL, cfg.rope_theta)
-        k = apply_rope(k, positions_BxL, cfg.rope_theta)
+        inv_freq = rope_frequencies(cfg)
+        q = apply_rope(q, positions_BxL, inv_freq)
+        k = apply_rope(k, positions_BxL, inv_freq)
         q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "head_dim"))
         # Keys/values head-major [B, K, S, H]: the cache layout, so decoding reads the cache
         # without transposing it every step (docs/performance.md).
@@ -122,7 +124,7 @@ class Attention(nn.Module):
         else:
             mask = attention_mask(slots_BxL, segs_BxL, k_slots, k_segs)
             out_BxLxNxH = attend(cfg.attention, q, k, v, mask)
-        out = HeadsProj(cfg, n, "q_heads", out=True, name="o_proj")(out_BxLxNxH)
+        out = HeadsProj(cfg, n, "q_heads", cfg.o_bias, out=True, name="o_proj")(out_BxLxNxH)
         return out, kv_cache
 
 

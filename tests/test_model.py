@@ -330,9 +330,11 @@ def test_rope_matches_complex_rotation_and_is_relative():
     q, k = np.random.default_rng(5).normal(size=(2, h)).astype(np.float32)
     pos = np.arange(n_pos, dtype=np.int32)[None]
 
+    inv_freq = attention.rope_frequencies(_cfg(head_dim=h, rope_theta=theta))
+
     def rope(x):
         return np.asarray(
-            attention.apply_rope(jnp.broadcast_to(x, (1, n_pos, 1, h)), pos, theta)
+            attention.apply_rope(jnp.broadcast_to(x, (1, n_pos, 1, h)), pos, inv_freq)
         )[0, :, 0]
 
     rq, rk = rope(q), rope(k)

@@ -235,7 +235,8 @@ def test_a_refused_resume_leaves_config_and_run_info_intact(copy):
     assert _tree_bytes(f"{work}/pretrain") == before
 
 
-@pytest.mark.parametrize("script", ["train", "pipeline", "estimate", "evaluate", "sample"])
+@pytest.mark.parametrize("script", ["train", "pipeline", "estimate", "evaluate", "sample",
+                                    "import_hf", "export_hf"])
 def test_help_exits_0(script):
     out = smoke.run([sys.executable, "-m", f"scripts.{script}", "--help"], timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
