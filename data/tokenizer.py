@@ -195,8 +195,25 @@ class Tokenizer:
         return self._sp.decode([int(i) for i in ids if int(i) not in self._dropped])
 
 
+def load_tokenizer(path: str):
+    """jaxchat's SentencePiece model (a .model file), or a Hugging Face tokenizer folder
+    (tokenizer.json; data/hf_tokenizer.py): the same interface."""
+    if os.path.isdir(path):
+        from data.hf_tokenizer import HFTokenizer
+
+        return HFTokenizer(path)
+    return Tokenizer(path)
+
+
 def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> None:
-    """Raises if the tokenizer and the model disagree on the vocabulary size."""
+    """Raises if the tokenizer's ids do not fit the model's vocabulary. A Hugging Face
+    checkpoint may pad its embedding past the tokenizer; jaxchat's own must match exactly."""
+    if getattr(tokenizer, "padded_vocab_ok", False):
+        if tokenizer.vocab_size > model_vocab_size:
+            raise ValueError(
+                f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens, more than the "
+                f"model's vocabulary (model.vocab_size={model_vocab_size})")
+        return
     if tokenizer.vocab_size != model_vocab_size:
         raise ValueError(
             f"tokenizer {tokenizer.path} has vocab {tokenizer.vocab_size} "
