@@ -21,6 +21,10 @@ Message rules (validate_messages):
 
 Only the Tokenizer methods of the shared interface are used: encode, decode, special_id,
 bos_id (eos_id to recognise a document end in generated ids).
+
+A Hugging Face tokenizer with a chat template (data/hf_tokenizer.py) is rendered with the
+model's own template instead (data/chat_template.py): same functions, same loss-mask meaning,
+its stop ids (generation_config.json) closing a reply.
 """
 
 from __future__ import annotations
@@ -82,15 +86,29 @@ def _render(tok, messages) -> tuple[list[int], list[int]]:
     return ids, mask
 
 
+def _model_template(tok):
+    """The model's own template (a Hugging Face tokenizer with a chat_template), or None."""
+    if getattr(tok, "chat_template", None) is None:
+        return None
+    from data.chat_template import ChatTemplate
+
+    return ChatTemplate(tok)
+
+
 def render_conversation(tok, messages) -> tuple[list[int], list[int]]:
     """(ids, loss_mask) of a conversation ending with an assistant message."""
     validate_messages(messages, "render_conversation", final="assistant")
-    return _render(tok, messages)
+    template = _model_template(tok)
+    return template.conversation(messages) if template else _render(tok, messages)
 
 
 def render_prompt(tok, messages) -> list[int]:
-    """Ids of a conversation ending with a user message, then the <|assistant|> header."""
+    """Ids of a conversation ending with a user message, then the <|assistant|> header (the
+    model template's generation prompt)."""
     validate_messages(messages, "render_prompt", final="user")
+    template = _model_template(tok)
+    if template:
+        return template.prompt(messages)
     ids, _ = _render(tok, messages)
     return ids + [tok.special_id(ROLE_TOKENS["assistant"])]
 
@@ -103,8 +121,14 @@ class Reply(NamedTuple):
 def parse_reply(tok, ids) -> Reply:
     """Decode generated ids up to the first <|end|> (or eos, which closes a document, not a
     turn). `terminated` is False when no <|end|> came: the reply hit the length cap or eos."""
-    end_id, eos_id = tok.special_id(END), tok.eos_id
     ids = [int(i) for i in ids]
+    if _model_template(tok) is not None:  # the model's stop ids close its turn
+        stops = set(tok.stop_ids)
+        for n, i in enumerate(ids):
+            if i in stops:
+                return Reply(tok.decode(ids[:n]), True)
+        return Reply(tok.decode(ids), False)
+    end_id, eos_id = tok.special_id(END), tok.eos_id
     for n, i in enumerate(ids):
         if i == end_id:
             return Reply(tok.decode(ids[:n]), True)
@@ -125,6 +149,13 @@ def truncate_history(tok, messages, max_tokens: int) -> list[dict]:
     validate_messages(messages, "truncate_history", final="user")
     system = messages[:1] if messages[0]["role"] == "system" else []
     turns = messages[len(system):]
+    template = _model_template(tok)
+    if template:  # a model template lays tokens out its own way: measure each candidate
+        for start in range(0, len(turns), 2):
+            if len(template.prompt(system + turns[start:])) <= max_tokens:
+                return system + turns[start:]
+        raise ValueError(f"the last user message does not fit in {max_tokens} prompt tokens "
+                         "with the model's chat template")
     cost = [2 + len(tok.encode(m["content"])) for m in turns]
     fixed = 2 + sum(2 + len(tok.encode(m["content"])) for m in system)
     # turns alternate user/assistant and end with user, so every even start index is a user

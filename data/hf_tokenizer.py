@@ -98,6 +98,11 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and the [start, end) characters of text each one covers (for loss masks)."""
+        enc = self._tok.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
+
     def encode_batch(self, texts: list[str], num_threads: int = 2) -> list[list[int]]:
         del num_threads  # the tokenizers library parallelises on its own
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]

@@ -67,3 +67,72 @@ def test_vocabulary_fit_and_bad_special_tokens(hf_folder, tmp_path):
         HFTokenizer(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         HFTokenizer(str(tmp_path / "nowhere"))
+
+
+CHATML = ("{{ bos_token }}{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
+          "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] + '<|im_end|>' }}"
+          "{% endgeneration %}{{ '\\n' }}{% else %}{{ m['content'] + '<|im_end|>\\n' }}"
+          "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+          "{% endif %}")
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is 12 + 7?"},
+     {"role": "assistant", "content": "The sum of 12 and 7 is 19."}],
+    [{"role": "system", "content": "You are terse."},
+     {"role": "user", "content": "Hello there!"}, {"role": "assistant", "content": "Hi."},
+     {"role": "user", "content": "Spell cat backwards."},
+     {"role": "assistant", "content": "tac — naïve ünïcödé 🙂"}],
+]
+
+
+@pytest.fixture(scope="module")
+def chat_folder(hf_folder, tmp_path_factory):
+    """The tokenizer above with ChatML tokens and a template marking assistant text."""
+    folder = tmp_path_factory.mktemp("hf_chat")
+    tok = Tokenizer.from_file(str(hf_folder / "tokenizer.json"))
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    tok.save(str(folder / "tokenizer.json"))
+    config = json.load(open(hf_folder / "tokenizer_config.json"))
+    json.dump({**config, "chat_template": CHATML}, open(folder / "tokenizer_config.json", "w"))
+    json.dump({"eos_token_id": tok.token_to_id("<|im_end|>")},
+              open(folder / "generation_config.json", "w"))
+    return folder
+
+
+@pytest.mark.parametrize("marked", [True, False])
+def test_chat_template_ids_and_assistant_mask_equal_transformers(chat_folder, tmp_path, marked):
+    """With {% generation %} the mask is transformers' assistant mask; without it (most hub
+    templates), the prefix rule gives the same tokens plus the newline after <|im_end|>."""
+    from data import chat
+
+    theirs = transformers.AutoTokenizer.from_pretrained(chat_folder)
+    folder = chat_folder
+    if not marked:
+        folder = tmp_path / "plain"
+        folder.mkdir()
+        for name in ("tokenizer.json", "generation_config.json"):
+            (folder / name).write_text((chat_folder / name).read_text())
+        config = json.load(open(chat_folder / "tokenizer_config.json"))
+        config["chat_template"] = CHATML.replace("{% generation %}", "").replace(
+            "{% endgeneration %}", "")
+        json.dump(config, open(folder / "tokenizer_config.json", "w"))
+    ours = load_tokenizer(str(folder))
+    newline = ours.encode("\n")
+    for messages in CONVERSATIONS:
+        want = theirs.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                          return_assistant_tokens_mask=True)
+        ids, mask = chat.render_conversation(ours, messages)
+        assert ids == list(want["input_ids"])
+        assert ids.count(ours.bos_id) == 1 and ids[0] == ours.bos_id
+        expected = list(want["assistant_masks"])
+        if not marked:  # the template's "\n" after each reply's <|im_end|> is learned too
+            for i in range(1, len(ids)):
+                if ids[i - 1] == ours.special_id("<|im_end|>") and expected[i - 1] and \
+                        ids[i:i + len(newline)] == newline:
+                    expected[i:i + len(newline)] = [1] * len(newline)
+        assert mask == expected
+        prompt = messages[:-1]
+        assert chat.render_prompt(ours, prompt) == list(theirs.apply_chat_template(
+            prompt, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
+    reply = ours.encode("Sure.") + [ours.special_id("<|im_end|>")] + ours.encode(" extra")
+    assert chat.parse_reply(ours, reply) == chat.Reply("Sure.", True)
+    assert chat.parse_reply(ours, ours.encode("no stop")) == chat.Reply("no stop", False)
