@@ -113,6 +113,17 @@ def render_prompt(tok, messages) -> list[int]:
     return ids + [tok.special_id(ROLE_TOKENS["assistant"])]
 
 
+def stop_ids(tok) -> tuple[int, ...]:
+    """Ids that end a reply: <|end|>, or the stop ids of a model with its own template."""
+    return tuple(tok.stop_ids) if _model_template(tok) is not None else (tok.special_id(END),)
+
+
+def end_of_turn_id(tok) -> int:
+    """The one id PPO's EOS handling treats as "the reply ended" (a model template's first
+    stop id: Llama 3's <|eot_id|>, Qwen2's <|im_end|>)."""
+    return stop_ids(tok)[0]
+
+
 class Reply(NamedTuple):
     text: str
     terminated: bool  # True when the reply closed its turn with <|end|>

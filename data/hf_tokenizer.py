@@ -5,7 +5,8 @@ vocab_size, pad_id, bos_id, eos_id, unk_id, special_id, id_to_piece.
 The `tokenizers` library does the work (what transformers' fast tokenizers run). Special tokens
 come from tokenizer_config.json (strings or {"content": ...} objects); the end-of-sequence id
 from generation_config.json when it names one (instruct models stop on their end-of-turn
-token there), else tokenizer_config's eos_token; pad falls back to eos (Llama 3 has none).
+token there), else tokenizer_config's eos_token. Without a pad token (Llama 3), pad is unk or
+the first id that is not a stop id: padding is masked, but must never read as a stop.
 encode never adds bos/eos: chat rendering places them.
 """
 
@@ -52,8 +53,10 @@ class HFTokenizer:
         self.stop_ids = () if eos is None else tuple(eos if isinstance(eos, list) else [eos])
         if self._ids["eos"] is None and self.stop_ids:
             self._ids["eos"] = self.stop_ids[0]
-        if self._ids["pad"] is None:
-            self._ids["pad"] = self._ids["eos"]
+        if self._ids["pad"] is None:  # Llama 3 has none; padding is masked, but it must not
+            stops = {*self.stop_ids, self._ids["eos"]}  # read as "the reply ended"
+            self._ids["pad"] = next(i for i in (self._ids["unk"], *range(self.vocab_size))
+                                    if i is not None and i not in stops)
         self.chat_template = config.get("chat_template") or _read_text(
             os.path.join(self.path, "chat_template.jinja"))
 

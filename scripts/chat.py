@@ -23,7 +23,7 @@ import jax
 import ml_collections
 
 from data import chat
-from data.tokenizer import Tokenizer, check_vocab
+from data.tokenizer import Tokenizer, check_vocab, load_tokenizer
 from model import sampler
 from train import cli
 from train import setup as setup_lib
@@ -67,7 +67,7 @@ def load_run(workdir: str, config_path: str | None = None, tokenizer: str | None
         raise FileNotFoundError(
             f"tokenizer {tok_path} (config data.tokenizer) not found; pass --tokenizer"
         )
-    tok = Tokenizer(tok_path)
+    tok = load_tokenizer(tok_path)
     check_vocab(tok, config.model.vocab_size)
     setup = setup_lib.make_setup(config)
     shardings, abstract = setup.param_shardings()
@@ -91,7 +91,7 @@ def stream_reply(loaded: Loaded, messages, args, rng):
         top_k=args.top_k,
         top_p=args.top_p,
         greedy=args.greedy,
-        stop_ids=(tok.special_id(chat.END), tok.eos_id),
+        stop_ids=tuple(dict.fromkeys((*chat.stop_ids(tok), tok.eos_id))),
         pad_id=tok.pad_id,
     )
     for token in tokens:

@@ -14,7 +14,7 @@ import json
 from absl import flags
 
 from data import chat, dialogues
-from data.tokenizer import Tokenizer, check_vocab
+from data.tokenizer import check_vocab, load_tokenizer
 from train import cli, reward, reward_data
 from train import setup as setup_lib
 
@@ -61,7 +61,7 @@ def score_file(
 ) -> list[float]:
     """Scores every well-formed row of in_path into out_path; returns the rewards."""
     config = reward.load_run_config(run_dir)
-    tok = Tokenizer(tokenizer or config.data.tokenizer)
+    tok = load_tokenizer(tokenizer or config.data.tokenizer)
     check_vocab(tok, config.model.vocab_size)
     rows = dialogues.read_jsonl(in_path, parse_row, max_bad_fraction)
     setup = setup_lib.make_setup(config)

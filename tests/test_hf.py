@@ -250,6 +250,33 @@ def test_greedy_generation_equals_transformers_generate(tmp_path, case):
     ours = np.asarray(out.tokens_BxT)
     for row, prompt in zip(ours, prompts, strict=True):
         with torch.no_grad():
-            theirs = model.generate(torch.tensor([prompt]), max_new_tokens=32, min_new_tokens=32,
-                                    do_sample=False, pad_token_id=0)
+            theirs = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(
+                1, len(prompt)), max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                pad_token_id=0)
         assert row.tolist() == theirs[0, len(prompt):].tolist()
+
+
+def test_an_imported_model_chats_in_its_own_template(tmp_path):
+    """scripts.chat on an imported Qwen2 folder with its tokenizer and ChatML template gives
+    the reply transformers generates from apply_chat_template (greedy)."""
+    from scripts import chat as chat_script
+    from tests.test_hf_tokenizer import build_chat_tokenizer
+
+    folder = tmp_path / "hf"
+    model = make_hf(folder, "qwen2", vocab_size=512)  # its vocabulary padded past the 402
+    build_chat_tokenizer(folder)  # after: its generation_config.json names <|im_end|>
+    hf_interop.import_checkpoint(str(folder), str(tmp_path / "run"))
+    question = "What is 12 + 7?"
+    ours = chat_script.main(["--workdir", str(tmp_path / "run"), "--prompt", question,
+                             "--greedy", "--max_new_tokens", "16"])
+    # the tokenizer files alone: beside a qwen2 config.json, transformers 5 loads them as
+    # Qwen2Tokenizer, which swaps in Qwen's own pre-tokenizer for the one tokenizer.json has
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "run" / "hf")
+    prompt = tok.apply_chat_template([{"role": "user", "content": question}],
+                                     add_generation_prompt=True, return_dict=True)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt)),
+                             max_new_tokens=16, do_sample=False,
+                             eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+                             pad_token_id=tok.eos_token_id)
+    assert ours == tok.decode(out[0, len(prompt):], skip_special_tokens=True)

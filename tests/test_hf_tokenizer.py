@@ -17,9 +17,8 @@ TEXTS = ["Hello, how are you today?", "What is 12 + 7?  The sum is 19.", "naïve
          "  leading spaces and\ttabs\nnew lines", "", "<|eot_id|> typed by a user"]
 
 
-@pytest.fixture(scope="module")
-def hf_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hf_tok")
+def build_tokenizer(folder):
+    """A byte-level BPE tokenizer.json (vocab 400) with Llama-3-like special tokens."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -40,6 +39,24 @@ def hf_folder(tmp_path_factory):
     return folder
 
 
+def build_chat_tokenizer(folder):
+    """build_tokenizer plus ChatML tokens, a template marking assistant text, <|im_end|> stop."""
+    build_tokenizer(folder)
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    tok.save(str(folder / "tokenizer.json"))
+    config = json.load(open(folder / "tokenizer_config.json"))
+    json.dump({**config, "chat_template": CHATML}, open(folder / "tokenizer_config.json", "w"))
+    json.dump({"eos_token_id": tok.token_to_id("<|im_end|>")},
+              open(folder / "generation_config.json", "w"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    return build_tokenizer(tmp_path_factory.mktemp("hf_tok"))
+
+
 def test_encode_decode_and_special_ids_equal_transformers(hf_folder):
     ours = load_tokenizer(str(hf_folder))
     theirs = transformers.AutoTokenizer.from_pretrained(hf_folder)
@@ -52,7 +69,7 @@ def test_encode_decode_and_special_ids_equal_transformers(hf_folder):
     assert ours.bos_id == theirs.bos_token_id
     assert ours.stop_ids == (ours.special_id("<|eot_id|>"), ours.special_id("<|end_of_text|>"))
     assert ours.eos_id == theirs.eos_token_id  # tokenizer_config's eos: the document end
-    assert ours.pad_id == ours.eos_id  # no pad token: eos, as Llama 3 does
+    assert ours.pad_id not in (*ours.stop_ids, ours.eos_id)  # no pad token: never a stop
     assert ours.decode([ours.bos_id] + ours.encode("Hi there") + [ours.eos_id]) == "Hi there"
 
 
@@ -85,17 +102,8 @@ CONVERSATIONS = [
 
 
 @pytest.fixture(scope="module")
-def chat_folder(hf_folder, tmp_path_factory):
-    """The tokenizer above with ChatML tokens and a template marking assistant text."""
-    folder = tmp_path_factory.mktemp("hf_chat")
-    tok = Tokenizer.from_file(str(hf_folder / "tokenizer.json"))
-    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
-    tok.save(str(folder / "tokenizer.json"))
-    config = json.load(open(hf_folder / "tokenizer_config.json"))
-    json.dump({**config, "chat_template": CHATML}, open(folder / "tokenizer_config.json", "w"))
-    json.dump({"eos_token_id": tok.token_to_id("<|im_end|>")},
-              open(folder / "generation_config.json", "w"))
-    return folder
+def chat_folder(tmp_path_factory):
+    return build_chat_tokenizer(tmp_path_factory.mktemp("hf_chat"))
 
 
 @pytest.mark.parametrize("marked", [True, False])

@@ -80,7 +80,7 @@ def sample_and_score(
         setup.model_cfg,
         max_new_tokens,
         temperature=temperature,
-        stop_ids=(tok.special_id(chat.END),),
+        stop_ids=chat.stop_ids(tok),
         pad_id=tok.pad_id,
         mesh=setup.mesh,
         rules=setup.rules,

@@ -38,7 +38,7 @@ import numpy as np
 
 from data import preferences as prefs
 from data import tasks as tasks_lib
-from data.tokenizer import Tokenizer, check_vocab
+from data.tokenizer import check_vocab, load_tokenizer
 from train import checkpoint, generation
 from train import setup as setup_lib
 from train.checkpoint import abstract_like, load_params
@@ -329,7 +329,7 @@ def sample_all(config, workdir: str):
     paths = {s: os.path.join(workdir, f"candidates_{s}.json") for s in SPLITS}
     if not all(os.path.exists(p) for p in paths.values()):
         cfg = config.collect
-        tok = Tokenizer(config.data.tokenizer)
+        tok = load_tokenizer(config.data.tokenizer)
         check_vocab(tok, config.model.vocab_size)
         setup = setup_lib.make_setup(config)
         params, extras = load_lm_params(config.init_from, setup)

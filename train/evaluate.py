@@ -17,7 +17,7 @@ import numpy as np
 
 from data import demonstrators
 from data import tasks as tasks_lib
-from data.tokenizer import Tokenizer
+from data.tokenizer import load_tokenizer
 from train import best_of_n, reward_data, rl_math, sft
 from train import reward as reward_lib
 from train import setup as setup_lib
@@ -53,7 +53,7 @@ def run(root: str) -> dict:
     c = load_pipeline_config(root)
     cfg = c.sft
     setup = setup_lib.make_setup(cfg)
-    tok = Tokenizer(cfg.data.tokenizer)
+    tok = load_tokenizer(cfg.data.tokenizer)
     task_list = eval_tasks(cfg.eval, sft.task_words(cfg.data))
     prompts = [tasks_lib.prompt_messages(t) for t in task_list]
     gen = ChatGenerator(setup, tok, cfg.eval.max_new_tokens, greedy=True,

@@ -54,7 +54,7 @@ class ChatGenerator:
             top_k=top_k,
             top_p=top_p,
             greedy=greedy,
-            stop_ids=(tok.special_id("<|end|>"),),
+            stop_ids=chat.stop_ids(tok),
             pad_id=tok.pad_id,
             mesh=setup.mesh,
             rules=setup.rules,

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from configs import common
+from data.tokenizer import check_vocab, load_tokenizer
 from model.config import ModelConfig
 from model.hf import config as hf_config
 from model.hf import weights
@@ -37,7 +38,7 @@ def run_config(fields: dict, compute_dtype: str, mesh: dict | None, hf: dict):
     return ml_collections.ConfigDict({
         "stage": "import", "seed": 0, "model": model,
         "mesh": common.mesh_config(**(mesh or {})), "hf": hf,
-        "data": {"tokenizer": ""},  # the HF tokenizer files are kept in hf/ (see module doc)
+        "data": {"tokenizer": ""},  # <workdir>/hf when the source has a tokenizer.json
     })
 
 
@@ -57,12 +58,17 @@ def import_checkpoint(hf_dir: str, workdir: str, max_seq_len: int = 4096,
     shardings, abstract = setup.param_shardings()
     reader = weights.SafetensorsReader(hf_dir)
     params = weights.import_params(setup.model_cfg, abstract_like(abstract, shardings), reader)
+    has_tokenizer = os.path.exists(os.path.join(hf_dir, "tokenizer.json"))
+    if has_tokenizer:  # checked before anything is written
+        check_vocab(load_tokenizer(hf_dir), config.model.vocab_size)
     os.makedirs(workdir, exist_ok=True)
     kept = os.path.join(workdir, "hf")
     os.makedirs(kept, exist_ok=True)
     for name in TOKENIZER_FILES:
         if os.path.exists(os.path.join(hf_dir, name)) and jax.process_index() == 0:
             shutil.copy2(os.path.join(hf_dir, name), os.path.join(kept, name))
+    if has_tokenizer:  # the stages and scripts load it from the run folder
+        config.data.tokenizer = os.path.abspath(kept)
     ckpt = Checkpoints(os.path.join(workdir, "ckpt"), async_save=False)
     ckpt.save(0, {"params": params}, extras={"hf": config.hf.to_dict()})
     ckpt.close()

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from data import chat
 from data import tasks as tasks_lib
-from data.tokenizer import Tokenizer, check_vocab
+from data.tokenizer import Tokenizer, check_vocab, load_tokenizer
 from model import sampler
 from train import optim, ppo_eval, rl_math
 from train import setup as setup_lib
@@ -101,12 +101,12 @@ def run(config, workdir: str, reward_fn=None, stop_after: int | None = None) -> 
     SIGTERM would.
     """
     t0 = time.perf_counter()
-    tok = Tokenizer(config.data.tokenizer)
+    tok = load_tokenizer(config.data.tokenizer)
     check_vocab(tok, config.model.vocab_size)
     setup = setup_lib.make_setup(config)
     roles, words = load_roles(config, setup)
     world = make_world(config, tok, words)
-    hp = hparams_from_config(config, world.prompt_len, tok.special_id(chat.END), tok.pad_id)
+    hp = hparams_from_config(config, world.prompt_len, chat.end_of_turn_id(tok), tok.pad_id)
     steps = config.ppo.iterations * config.ppo.epochs * config.ppo.minibatches
     reward_fn = reward_fn or RewardModelScore(setup.model_cfg)
     phases = make_phases(setup, hp, config.optim, config.critic_optim, steps, reward_fn)

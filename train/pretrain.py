@@ -14,7 +14,7 @@ import numpy as np
 
 from data import corpus as corpus_lib
 from data import pipeline
-from data.tokenizer import Tokenizer, check_vocab, train_tokenizer
+from data.tokenizer import Tokenizer, check_vocab, load_tokenizer, train_tokenizer
 from model import sampler
 from train import losses
 from train import setup as setup_lib
@@ -70,7 +70,7 @@ def load_or_train_tokenizer(data, corpus) -> Tokenizer:
         prefix = data.tokenizer.removesuffix(".model")
         print(f"training tokenizer {data.tokenizer} (vocab {data.vocab_size})")
         train_tokenizer(corpus.train_texts(), data.vocab_size, prefix)
-    return Tokenizer(data.tokenizer)
+    return load_tokenizer(data.tokenizer)
 
 
 def tokenize_corpus(tok: Tokenizer, corpus):
@@ -110,7 +110,8 @@ def make_sample_fn(setup, tok, max_new_tokens, temperature=0.8, top_k=40):
     generate = sampler.make_generate(
         setup.model_cfg, max_new_tokens, temperature=temperature, top_k=top_k,
         stop_ids=(tok.eos_id,), pad_id=tok.pad_id, mesh=setup.mesh, rules=setup.rules)
-    prompts = [[tok.bos_id] + tok.encode(p) for p in SAMPLE_PROMPTS]
+    bos = [] if tok.bos_id is None else [tok.bos_id]  # Qwen2's tokenizer has none
+    prompts = [bos + tok.encode(p) for p in SAMPLE_PROMPTS]
 
     def sample_fn(params, step):
         out = generate(params, *sampler.left_pad(prompts, tok.pad_id), jax.random.key(step))

@@ -41,7 +41,7 @@ import numpy as np
 
 from data import pipeline
 from data import preferences as prefs
-from data.tokenizer import Tokenizer, check_vocab
+from data.tokenizer import check_vocab, load_tokenizer
 from model import sharding
 from train import setup as setup_lib
 from train.checkpoint import abstract_like, load_params
@@ -270,7 +270,7 @@ def init_from_sft(sft_params: dict, fresh_params: dict) -> dict:
 
 def run(config, workdir: str):
     t0, data = time.time(), config.data
-    tok = Tokenizer(data.tokenizer)
+    tok = load_tokenizer(data.tokenizer)
     check_vocab(tok, config.model.vocab_size)
     train_paths, heldout_paths = preference_paths(config)
     train_pairs = read_sets(train_paths, "data.preferences", data.max_bad_fraction)

@@ -26,6 +26,7 @@ from data import chat, demonstrators, pipeline, sources, textclean
 from data import corpus as corpus_lib
 from data import dialogues as dialogues_lib
 from data import tasks as tasks_lib
+from data import tokenizer as tokenizer_lib
 from data.tokenizer import Tokenizer, check_vocab
 from train import losses, rl_math
 from train import setup as setup_lib
@@ -103,7 +104,7 @@ def load_tokenizer(path: str) -> Tokenizer:
             f"config data.tokenizer={path!r} does not exist: SFT uses the "
             "pretraining stage's tokenizer (set data.tokenizer to it)"
         )
-    return Tokenizer(path)
+    return tokenizer_lib.load_tokenizer(path)
 
 
 def load_init_params(init_from: str, setup):
