@@ -1,4 +1,5 @@
-"""Export a jaxchat run folder (pretrain, SFT or PPO policy) as a Hugging Face checkpoint.
+"""Export a jaxchat run folder (pretrain, SFT, PPO policy, reward model) as a Hugging Face
+checkpoint (a reward model as *ForSequenceClassification, one label).
 
     python -m scripts.export_hf --workdir runs/pipeline_tiny/ppo --out exports/ppo_hf
     # then, in Python: transformers.AutoModelForCausalLM.from_pretrained("exports/ppo_hf")

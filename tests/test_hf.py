@@ -280,3 +280,37 @@ def test_an_imported_model_chats_in_its_own_template(tmp_path):
                              eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
                              pad_token_id=tok.eos_token_id)
     assert ours == tok.decode(out[0, len(prompt):], skip_special_tokens=True)
+
+
+def test_a_reward_model_exports_as_sequence_classification(tmp_path, tokenizer):
+    """A reward run's scalar head → LlamaForSequenceClassification: its logit at each row's
+    last token plus the recorded score_bias is jaxchat's raw reward."""
+    from configs import common
+    from train.checkpoint import Checkpoints
+    from train.metrics import write_run_info
+    from train.reward_data import right_pad, score_sequences
+
+    config = hf_interop.run_config(dict(common.model_config(
+        "test", vocab_size=tokenizer.vocab_size)), "float32", None, {})
+    config.stage, config.data.tokenizer = "reward", tokenizer.path
+    setup = setup_lib.make_setup(config)
+    params, _ = setup.init_params(4, head="scalar")
+    params["score"]["bias"] = params["score"]["bias"] + 0.75  # a head bias HF cannot hold
+    ckpt = Checkpoints(str(tmp_path / "rm" / "ckpt"), async_save=False)
+    ckpt.save(3, {"params": params}, extras={"reward_gain": 2.0, "reward_bias": -1.0})
+    ckpt.close()
+    write_run_info(str(tmp_path / "rm"), config)
+    hf_interop.export_checkpoint(str(tmp_path / "rm"), str(tmp_path / "out"), dtype="float32")
+    exported = json.load(open(tmp_path / "out" / "config.json"))
+    assert exported["architectures"] == ["LlamaForSequenceClassification"]
+    assert exported["jaxchat_reward"] == {"score_bias": pytest.approx(0.75), "gain": 2.0,
+                                          "bias": -1.0}
+    back = transformers.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "out", dtype=torch.float32).eval()
+    rng = np.random.default_rng(2)
+    seqs = [rng.integers(4, tokenizer.vocab_size, n).tolist() for n in (12, 7, 20, 15)]
+    batch = right_pad(seqs, tokenizer.pad_id, 24)
+    ours = np.asarray(score_sequences(setup.model("scalar"), params, batch))
+    with torch.no_grad():
+        theirs = back(input_ids=torch.tensor(np.asarray(batch["tokens"]))).logits[:, 0].numpy()
+    np.testing.assert_allclose(theirs + 0.75, ours, rtol=0, atol=1e-4)

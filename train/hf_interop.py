@@ -76,15 +76,20 @@ def import_checkpoint(hf_dir: str, workdir: str, max_seq_len: int = 4096,
     return config, params
 
 
+def head_of(config) -> str:
+    """The reward stage's runs carry the scalar head, every other run the LM head."""
+    return "scalar" if config.get("stage") == "reward" else "lm"
+
+
 def read_run(workdir: str):
-    """(config, ModelConfig, params, extras) of a run folder's newest checkpoint (LM head)."""
+    """(config, ModelConfig, params, extras) of a run folder's newest checkpoint."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{workdir}: no config.json (not a jaxchat run folder)")
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
     setup = setup_lib.make_setup(config)
-    shardings, abstract = setup.param_shardings()
+    shardings, abstract = setup.param_shardings(head_of(config))
     params, extras = load_params(os.path.join(workdir, "ckpt"), abstract_like(abstract, shardings))
     return config, ModelConfig.from_config(config.model), params, extras
 
@@ -93,9 +98,22 @@ def default_architecture(cfg) -> str:
     return "Qwen2ForCausalLM" if cfg.qkv_bias and not cfg.o_bias else "LlamaForCausalLM"
 
 
+def reward_fields(config, params, extras) -> dict:
+    """config.json entries of an exported reward model. Hugging Face's score layer has no bias,
+    so its logit is jaxchat's raw reward minus `score_bias`; PPO's normalised reward is
+    gain · (logit + score_bias) + bias. pad_token_id lets it find each row's last token."""
+    bias = float(np.asarray(weights._gather(params["score"]["bias"]))[0])
+    tok_path = config.data.get("tokenizer", "")
+    pad = load_tokenizer(tok_path).pad_id if tok_path and os.path.exists(tok_path) else None
+    return {"pad_token_id": pad,
+            "jaxchat_reward": {"score_bias": bias, "gain": extras.get("reward_gain", 1.0),
+                               "bias": extras.get("reward_bias", 0.0)}}
+
+
 def export_checkpoint(workdir: str, out_dir: str, architecture: str | None = None,
                       dtype: str | None = None, max_shard_bytes: int = 2 << 30) -> dict:
-    """A jaxchat run folder (LM head) → a Hugging Face folder transformers loads."""
+    """A jaxchat run folder → a Hugging Face folder transformers loads (*ForCausalLM; a reward
+    run as *ForSequenceClassification)."""
     config, cfg, params, extras = read_run(workdir)
     hf = extras.get("hf") or (config.get("hf").to_dict() if config.get("hf") else {})
     arch = architecture or hf.get("architecture") or default_architecture(cfg)
@@ -103,7 +121,9 @@ def export_checkpoint(workdir: str, out_dir: str, architecture: str | None = Non
     if dtype not in DTYPES:
         raise ValueError(f"export dtype {dtype!r}: float32 or bfloat16 (never float16: "
                          "bf16-trained weights overflow it)")
-    out = hf_config.hf_config(cfg, arch, dtype)
+    head = head_of(config)
+    out = hf_config.hf_config(cfg, arch, dtype, reward_fields(config, params, extras)
+                              if head == "scalar" else None, head)
     os.makedirs(out_dir, exist_ok=True)
     index = weights.write_safetensors(weights.export_tensors(cfg, params), out_dir,
                                       DTYPES[dtype], max_shard_bytes)

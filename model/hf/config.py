@@ -102,8 +102,10 @@ def model_fields(hf: dict, max_seq_len: int, where: str = "config.json") -> dict
     }
 
 
-def hf_config(cfg, arch: str, dtype: str, extra: dict | None = None) -> dict:
-    """config.json for a ModelConfig, with both the transformers ≥ 5 and the legacy rope keys."""
+def hf_config(cfg, arch: str, dtype: str, extra: dict | None = None,
+              head: str = "lm") -> dict:
+    """config.json for a ModelConfig, with both the transformers ≥ 5 and the legacy rope keys;
+    head "scalar" (a reward model) gives *ForSequenceClassification with one label."""
     if arch not in ARCHITECTURES:
         raise UnsupportedConfig(f"export: architecture {arch!r} not in {sorted(ARCHITECTURES)}")
     if arch == "Qwen2ForCausalLM" and (cfg.o_bias or not cfg.qkv_bias):
@@ -147,5 +149,8 @@ def hf_config(cfg, arch: str, dtype: str, extra: dict | None = None) -> dict:
         out["mlp_bias"] = False
     if arch == "MistralForCausalLM":
         out["sliding_window"] = cfg.sliding_window or None
+    if head == "scalar":
+        out["architectures"] = [arch.replace("ForCausalLM", "ForSequenceClassification")]
+        out.update(num_labels=1, id2label={"0": "reward"}, label2id={"reward": 0})
     out.update(extra or {})
     return out

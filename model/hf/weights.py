@@ -72,7 +72,10 @@ def layer_map(cfg) -> dict:
 
 def top_map(cfg) -> dict:
     out = {("embed_tokens", "embedding"): ("model.embed_tokens.weight", _ID),
-           ("norm", "scale"): ("model.norm.weight", _ID)}
+           ("norm", "scale"): ("model.norm.weight", _ID),
+           # the reward model's head, as *ForSequenceClassification's score [1, D]; its bias
+           # has no tensor there (see hf_interop.export_checkpoint)
+           ("score", "kernel"): ("score.weight", _T)}
     if not cfg.tie_embeddings:
         out[("lm_head", "kernel")] = ("lm_head.weight", _T)
     return out
@@ -82,11 +85,13 @@ def _key(k) -> str:
     return str(getattr(k, "key", getattr(k, "name", k)))
 
 
-def plan(cfg, abstract_params) -> list:
+def plan(cfg, abstract_params, skip=()) -> list:
     """[(path, leaf, [HF names, one per stacked layer or one], (to_jax, to_hf), stacked)]."""
     layers, top, rows = layer_map(cfg), top_map(cfg), []
     for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
         names = tuple(_key(k) for k in path)
+        if names in skip:
+            continue
         if names[0] == "layers":  # nn.scan: ("layers", "block", ...) stacked on axis 0
             hf, fns = layers[names[2:]]
             rows.append((names, leaf, [f"model.layers.{i}.{hf}" for i in range(cfg.n_layers)],
@@ -99,7 +104,7 @@ def plan(cfg, abstract_params) -> list:
             rows.append((names, leaf, [hf], fns, False))
         else:
             raise CheckpointMismatch(f"jaxchat parameter {'/'.join(names)} has no Hugging Face "
-                                     "tensor (only the LM head can be exported)")
+                                     "tensor")
     return rows
 
 
@@ -215,9 +220,10 @@ def _gather(x) -> np.ndarray:
 
 
 def export_tensors(cfg, params):
-    """Yields (HF name, host array) one tensor at a time (a stacked parameter layer by layer)."""
+    """Yields (HF name, host array) one tensor at a time (a stacked parameter layer by layer);
+    the reward head's bias is not a tensor of Hugging Face's score layer and is left out."""
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    for names, _, hf_names, (_, to_hf), stacked in plan(cfg, abstract):
+    for names, _, hf_names, (_, to_hf), stacked in plan(cfg, abstract, skip={("score", "bias")}):
         value = params
         for k in names:
             value = value[k]
