@@ -106,21 +106,22 @@ def test_import_then_export_match_transformers(tmp_path, case):
     assert exported["rope_parameters"]["rope_theta"] == exported["rope_theta"]  # both forms
 
 
-def test_sharded_checkpoint_on_a_2x2x2_mesh_equals_one_device_layout(tmp_path):
+def test_sharded_checkpoint_on_a_2x2x2_mesh_equals_one_device(tmp_path):
     model = make_hf(tmp_path / "hf", "llama", shard="40KB")
     assert os.path.exists(tmp_path / "hf" / "model.safetensors.index.json")
-    runs = {}
-    for name, mesh in (("fsdp8", {"data": 1, "fsdp": -1, "tensor": 1}),
-                       ("222", {"data": 2, "fsdp": 2, "tensor": 2})):
-        hf_interop.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / name), mesh=mesh)
-        runs[name] = str(tmp_path / name)
-    _, _, params, _ = hf_interop.read_run(runs["222"])
+    run = str(tmp_path / "run")
+    hf_interop.import_checkpoint(str(tmp_path / "hf"), run,
+                                 mesh={"data": 2, "fsdp": 2, "tensor": 2})
+    _, cfg, params, _ = hf_interop.read_run(run)
     spec = params["layers"]["block"]["mlp"]["up_proj"]["kernel"].sharding.spec
     assert tuple(spec) == (None, "fsdp", "tensor")
     tokens, positions = batches()[0]
-    a, b = (jax_logits(runs[n], tokens, positions) for n in ("fsdp8", "222"))
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(b, hf_logits(model, tokens, positions), rtol=0, atol=1e-4)
+    sharded = jax_logits(run, tokens, positions)
+    one = jax.device_put(jax.device_get(params), jax.devices()[0])  # no mesh, one device
+    single = np.asarray(jax.jit(Transformer(cfg).apply)({"params": one}, tokens, positions,
+                                                         np.ones_like(tokens)))
+    np.testing.assert_allclose(sharded, single, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(sharded, hf_logits(model, tokens, positions), rtol=0, atol=1e-4)
 
 
 def test_both_config_forms_give_the_same_model():
