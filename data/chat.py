@@ -88,11 +88,7 @@ def _render(tok, messages) -> tuple[list[int], list[int]]:
 
 def _model_template(tok):
     """The model's own template (a Hugging Face tokenizer with a chat_template), or None."""
-    if getattr(tok, "chat_template", None) is None:
-        return None
-    from data.chat_template import ChatTemplate
-
-    return ChatTemplate(tok)
+    return getattr(tok, "chat_renderer", None)
 
 
 def render_conversation(tok, messages) -> tuple[list[int], list[int]]:

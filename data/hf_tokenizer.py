@@ -10,6 +10,7 @@ the first id that is not a stop id: padding is masked, but must never read as a 
 encode never adds bos/eos: chat rendering places them.
 """
 
+import functools
 import json
 import os
 
@@ -59,6 +60,18 @@ class HFTokenizer:
                                     if i is not None and i not in stops)
         self.chat_template = config.get("chat_template") or _read_text(
             os.path.join(self.path, "chat_template.jinja"))
+
+    @functools.cached_property
+    def chat_renderer(self):
+        """The compiled chat template (data/chat_template.py), built once; None without one."""
+        if self.chat_template is None:
+            return None
+        from data.chat_template import ChatTemplate
+
+        return ChatTemplate(self)
+
+    def __getstate__(self):  # the compiled template is rebuilt on use, not pickled
+        return {k: v for k, v in self.__dict__.items() if k != "chat_renderer"}
 
     def _token_id(self, token: str | None, name: str) -> int | None:
         if token is None:

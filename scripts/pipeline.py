@@ -161,12 +161,12 @@ def read_record(root: str, name: str) -> dict | None:
 def make_plan(c, cfgs, forced: set, only: set) -> list:
     """[(stage, action, record, reason)]: action skip | resume | run | rerun. `forced` stages
     start over; `only` stages run even when done (a finished stage just rewrites its summary)."""
-    root, records, plan = c.workdir, {}, []
+    root, records, plan, digests = c.workdir, {}, [], {}
     inputs = stage_inputs(c, cfgs)
     for name in STAGES:
         upstream = {u: records[u]["fingerprint"] for u in READS[name]}
         records[name] = rec = fp.make_record(inputs[name], root, upstream,
-                                             KEY_PREFIX.get(name, f"{name}."))
+                                             KEY_PREFIX.get(name, f"{name}."), digests)
         old, done = read_record(root, name), os.path.exists(done_marker(name, root))
         same = old is not None and old.get("fingerprint") == rec["fingerprint"]
         started = done or (old is not None)

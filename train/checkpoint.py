@@ -177,15 +177,26 @@ def _leaf_sum(x):
     return jnp.sum(bits * (index * 2 + 1), dtype=jnp.uint32)
 
 
-@jax.jit
-def _checksums(tree):
-    leaves = jax.tree.leaves(tree)
-    total, finite = jnp.uint32(0), jnp.bool_(True)
-    for i, x in enumerate(leaves):
+def _tree_sum(tree):
+    total = jnp.uint32(0)
+    for i, x in enumerate(jax.tree.leaves(tree)):
         total = total + _leaf_sum(x) * jnp.uint32(2 * i + 1)
+    return total
+
+
+@jax.jit
+def _checksum(tree):
+    return _tree_sum(tree)
+
+
+@jax.jit
+def _integrity(state, params):
+    """(state checksum, params checksum, every float finite) in one pass over the state."""
+    finite = jnp.bool_(True)
+    for x in jax.tree.leaves(state):
         if jnp.issubdtype(x.dtype, jnp.floating):
             finite = finite & jnp.all(jnp.isfinite(x))
-    return total, finite
+    return _tree_sum(state), _tree_sum(params), finite
 
 
 def _host(x):
@@ -198,11 +209,11 @@ def _params_of(state):
 
 def integrity(state) -> tuple[bool, dict]:
     """(every float finite, {"state": checksum, "params": checksum of the params subtree})."""
-    total, finite = _checksums(state)
-    sums = {"state": int(_host(total))}
     params = _params_of(state)
+    total, params_total, finite = _integrity(state, params if params is not None else {})
+    sums = {"state": int(_host(total))}
     if params is not None:
-        sums["params"] = int(_host(_checksums(params)[0]))
+        sums["params"] = int(_host(params_total))
     return bool(_host(finite)), sums
 
 
@@ -211,15 +222,12 @@ def verify(saved: dict | None, tree, part: str):
     checksum saved with it; checkpoints written before checksums existed pass."""
     if not saved or part not in saved:
         return
-    got = int(_host(_checksums(tree)[0]))
+    got = int(_host(_checksum(tree)))
     if got != int(saved[part]):
         raise CorruptCheckpoint(
             f"its {part} arrays do not match the checksum written when it was saved "
             f"({got:#010x} != {int(saved[part]):#010x}): a file was changed or damaged on disk"
         )
-
-
-# ---------------------------------------------------------------------- shapes
 
 
 def identity(directory: str):
@@ -241,6 +249,9 @@ def identity(directory: str):
         ckpt.close()
     sums = extras.get(INTEGRITY, {})
     return {"step": step, "params": sums["params"]} if "params" in sums else directory
+
+
+# ---------------------------------------------------------------------- shapes
 
 
 def abstract_like(tree, shardings):

@@ -49,36 +49,38 @@ def run(main, argv=None):
     """absl's app.run(main) behind the one error path (see the module docstring)."""
     from absl import app
 
-    argv = list(sys.argv if argv is None else argv)
-    debug = debug_requested(argv)
-    argv = [a for a in argv if a != "--debug"]
-    quiet_third_party_logs(debug)
+    argv, debug = _prologue(sys.argv if argv is None else argv)
     try:
-        app.run(lambda args: _quiet_then(main, args, debug), argv=argv,
-                flags_parser=_parse_flags_or_exit)
+        with _error_path(argv, debug):
+            app.run(lambda args: _quiet_then(main, args, debug), argv=argv,
+                    flags_parser=_parse_flags_or_exit)
     except SystemExit as e:
         if e.code == 1 and any(a in HELP_FLAGS for a in argv):
             sys.exit(0)  # absl exits 1 after printing --help
         raise
-    except Exception as e:  # noqa: BLE001 - sorted into expected (one line) and bugs below
-        if debug:
-            raise
-        line = one_line_error(e, argv)
-        if line is None:
-            raise
-        print(f"error: {line}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
 
 
 def run_argparse(main, argv=None):
     """The same error path for the argparse entry points (chat, sample)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = debug_requested(argv)
-    argv = [a for a in argv if a != "--debug"]
-    quiet_third_party_logs(debug)
-    try:
+    argv, debug = _prologue(sys.argv[1:] if argv is None else argv)
+    with _error_path(argv, debug):
         return main(argv)
-    except Exception as e:  # noqa: BLE001
+
+
+def _prologue(argv) -> tuple[list, bool]:
+    """(argv without --debug, whether tracebacks were asked for); third-party logs quietened."""
+    argv = list(argv)
+    debug = debug_requested(argv)
+    quiet_third_party_logs(debug)
+    return [a for a in argv if a != "--debug"], debug
+
+
+@contextlib.contextmanager
+def _error_path(argv, debug: bool):
+    """An expected error becomes one line on stderr and exit 2; anything else propagates."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - sorted into expected (one line) and bugs below
         line = None if debug else one_line_error(e, argv)
         if line is None:
             raise

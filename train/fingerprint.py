@@ -94,11 +94,18 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def make_record(config: dict, root: str, upstream: dict, key_prefix: str = "") -> dict:
+def make_record(config: dict, root: str, upstream: dict, key_prefix: str = "",
+                digests: dict | None = None) -> dict:
     """{fingerprint, config, files, upstream}: what a stage records before it runs.
-    key_prefix: where `config` sits in the pipeline config (for error messages)."""
+    key_prefix: where `config` sits in the pipeline config (for error messages); digests: a
+    path → digest cache shared by one plan's stages (several read the same corpus)."""
     conf = canonical(config, root)
-    files = {path: file_digest(path) for path in sorted(input_files(config, root, key_prefix))}
+    digests = {} if digests is None else digests
+    files = {}
+    for path in sorted(input_files(config, root, key_prefix)):
+        if path not in digests:
+            digests[path] = file_digest(path)
+        files[path] = digests[path]
     body = {"config": conf, "files": files, "upstream": dict(sorted(upstream.items()))}
     return {"fingerprint": _sha(json.dumps(body, sort_keys=True, default=str)), **body}
 

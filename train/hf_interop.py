@@ -25,6 +25,7 @@ from model.hf import weights
 from train import setup as setup_lib
 from train.checkpoint import Checkpoints, abstract_like, load_params
 from train.metrics import write_run_info
+from train.reward import load_run_config
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json", "tokenizer.model", "chat_template.jinja")
@@ -54,13 +55,13 @@ def import_checkpoint(hf_dir: str, workdir: str, max_seq_len: int = 4096,
     compute = compute_dtype or ("bfloat16" if source == "bfloat16" else "float32")
     config = run_config(fields, compute, mesh, {"architecture": arch, "dtype": source,
                                                 "source": os.path.abspath(hf_dir)})
+    has_tokenizer = os.path.exists(os.path.join(hf_dir, "tokenizer.json"))
+    if has_tokenizer:  # cheap, so checked before any weight is read
+        check_vocab(load_tokenizer(hf_dir), config.model.vocab_size)
     setup = setup_lib.make_setup(config)
     shardings, abstract = setup.param_shardings()
     reader = weights.SafetensorsReader(hf_dir)
     params = weights.import_params(setup.model_cfg, abstract_like(abstract, shardings), reader)
-    has_tokenizer = os.path.exists(os.path.join(hf_dir, "tokenizer.json"))
-    if has_tokenizer:  # checked before anything is written
-        check_vocab(load_tokenizer(hf_dir), config.model.vocab_size)
     os.makedirs(workdir, exist_ok=True)
     kept = os.path.join(workdir, "hf")
     os.makedirs(kept, exist_ok=True)
@@ -83,11 +84,9 @@ def head_of(config) -> str:
 
 def read_run(workdir: str):
     """(config, ModelConfig, params, extras) of a run folder's newest checkpoint."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(workdir, "config.json")):
         raise FileNotFoundError(f"{workdir}: no config.json (not a jaxchat run folder)")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = load_run_config(workdir)
     setup = setup_lib.make_setup(config)
     shardings, abstract = setup.param_shardings(head_of(config))
     params, extras = load_params(os.path.join(workdir, "ckpt"), abstract_like(abstract, shardings))
@@ -102,7 +101,7 @@ def reward_fields(config, params, extras) -> dict:
     """config.json entries of an exported reward model. Hugging Face's score layer has no bias,
     so its logit is jaxchat's raw reward minus `score_bias`; PPO's normalised reward is
     gain · (logit + score_bias) + bias. pad_token_id lets it find each row's last token."""
-    bias = float(np.asarray(weights._gather(params["score"]["bias"]))[0])
+    bias = float(np.asarray(weights.gather(params["score"]["bias"]))[0])
     tok_path = config.data.get("tokenizer", "")
     pad = load_tokenizer(tok_path).pad_id if tok_path and os.path.exists(tok_path) else None
     return {"pad_token_id": pad,

@@ -172,8 +172,8 @@ def import_params(cfg, abstract_params, reader):
     flat = {}
     for names, leaf, hf_names, (to_jax, _), stacked in rows:
         per_layer = leaf.shape[1:] if stacked else leaf.shape
-        for hf in hf_names:
-            got = tuple(to_jax(np.empty(reader.shape(hf), np.uint8)).shape)
+        for hf in hf_names:  # shapes only: nothing is read or allocated
+            got = jax.eval_shape(to_jax, jax.ShapeDtypeStruct(reader.shape(hf), np.float32)).shape
             if got != tuple(per_layer):
                 raise CheckpointMismatch(
                     f"{hf}: shape {reader.shape(hf)} in the checkpoint gives {got}, but "
@@ -184,18 +184,27 @@ def import_params(cfg, abstract_params, reader):
 
 
 def _build(leaf, hf_names, to_jax, stacked, reader):
-    dtype = leaf.dtype
-
+    """The parameter on its sharding, each tensor read once: every layer's tensor is sliced
+    into the distinct shards this process holds (replicas share one host buffer)."""
     def host(i):
-        return to_jax(reader.read(hf_names[i])).astype(dtype)
+        return to_jax(reader.read(hf_names[i])).astype(leaf.dtype)
 
-    def callback(index):
-        if not stacked:
-            return host(0)[index]
-        rows = range(*index[0].indices(leaf.shape[0]))
-        return np.stack([host(i)[index[1:]] for i in rows])
-
-    return jax.make_array_from_callback(leaf.shape, leaf.sharding, callback)
+    key = lambda index: tuple((s.start, s.stop, s.step) for s in index)
+    indices = {key(ix): ix for ix in
+               leaf.sharding.addressable_devices_indices_map(leaf.shape).values()}
+    if stacked:
+        shards = {k: np.empty(leaf.sharding.shard_shape(leaf.shape), leaf.dtype)
+                  for k in indices}
+        for i in range(leaf.shape[0]):
+            tensor = host(i)
+            for k, ix in indices.items():
+                first, stop, _ = ix[0].indices(leaf.shape[0])
+                if first <= i < stop:
+                    shards[k][i - first] = tensor[ix[1:]]
+    else:
+        tensor = host(0)
+        shards = {k: tensor[ix] for k, ix in indices.items()}
+    return jax.make_array_from_callback(leaf.shape, leaf.sharding, lambda ix: shards[key(ix)])
 
 
 def _unflatten(flat: dict) -> dict:
@@ -211,7 +220,8 @@ def _unflatten(flat: dict) -> dict:
 # ------------------------------------------------------------------------------ writing
 
 
-def _gather(x) -> np.ndarray:
+def gather(x) -> np.ndarray:
+    """A (possibly multi-process) array on the host of every process."""
     from jax.experimental import multihost_utils
 
     if x.is_fully_addressable:
@@ -229,9 +239,9 @@ def export_tensors(cfg, params):
             value = value[k]
         if stacked:
             for i, hf in enumerate(hf_names):
-                yield hf, to_hf(_gather(value[i]))
+                yield hf, to_hf(gather(value[i]))
         else:
-            yield hf_names[0], to_hf(_gather(value))
+            yield hf_names[0], to_hf(gather(value))
 
 
 def write_safetensors(tensors, out_dir: str, dtype, max_shard_bytes: int = 2 << 30) -> dict:
