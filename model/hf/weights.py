@@ -184,27 +184,18 @@ def import_params(cfg, abstract_params, reader):
 
 
 def _build(leaf, hf_names, to_jax, stacked, reader):
-    """The parameter on its sharding, each tensor read once: every layer's tensor is sliced
-    into the distinct shards this process holds (replicas share one host buffer)."""
-    def host(i):
-        return to_jax(reader.read(hf_names[i])).astype(leaf.dtype)
+    dtype = leaf.dtype
 
-    key = lambda index: tuple((s.start, s.stop, s.step) for s in index)
-    indices = {key(ix): ix for ix in
-               leaf.sharding.addressable_devices_indices_map(leaf.shape).values()}
-    if stacked:
-        shards = {k: np.empty(leaf.sharding.shard_shape(leaf.shape), leaf.dtype)
-                  for k in indices}
-        for i in range(leaf.shape[0]):
-            tensor = host(i)
-            for k, ix in indices.items():
-                first, stop, _ = ix[0].indices(leaf.shape[0])
-                if first <= i < stop:
-                    shards[k][i - first] = tensor[ix[1:]]
-    else:
-        tensor = host(0)
-        shards = {k: tensor[ix] for k, ix in indices.items()}
-    return jax.make_array_from_callback(leaf.shape, leaf.sharding, lambda ix: shards[key(ix)])
+    def host(i):
+        return to_jax(reader.read(hf_names[i])).astype(dtype)
+
+    def callback(index):
+        if not stacked:
+            return host(0)[index]
+        rows = range(*index[0].indices(leaf.shape[0]))
+        return np.stack([host(i)[index[1:]] for i in rows])
+
+    return jax.make_array_from_callback(leaf.shape, leaf.sharding, callback)
 
 
 def _unflatten(flat: dict) -> dict:
