@@ -171,3 +171,19 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
 def lock(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     cfg.lock()
     return cfg
+
+
+def imported(run_dir: str) -> tuple[ml_collections.ConfigDict, str, dict]:
+    """(model config, tokenizer path, hf facts) of a folder scripts.import_hf wrote, for the
+    configs/*/hf.py files: the stages then build exactly the imported model."""
+    import json
+    import os
+
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} does not exist: import a model first "
+            f"(python -m scripts.import_hf --hf_dir <model folder> --workdir {run_dir})")
+    with open(path) as f:
+        cfg = json.load(f)
+    return ml_collections.ConfigDict(cfg["model"]), cfg["data"]["tokenizer"], cfg.get("hf", {})

@@ -80,12 +80,88 @@ def parse_preference(obj, where: str) -> Preference:
             raise ValueError(f"{where}: {name!r} must be a string, got {type(text).__name__}")
         # a response is rendered as the assistant turn after the prompt
         chat.validate_messages(prompt + [{"role": "assistant", "content": text}], where)
+    if chosen == rejected and meta.get("chosen_terminated") == meta.get("rejected_terminated"):
+        raise ValueError(f"{where}: 'chosen' equals 'rejected' (nothing to prefer)")
     return Preference(prompt, chosen, rejected, annotator, meta)
 
 
+@dataclasses.dataclass(frozen=True)
+class Rating:
+    """One reply rated on the seed article's scale: 0 if the answer is off, 1 if perfect."""
+
+    prompt: list  # messages, ending with a user turn
+    response: str
+    rating: float  # in [0, 1]
+    annotator: str = "unknown"
+    meta: dict = dataclasses.field(default_factory=dict)  # "terminated": the reply ended
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def parse_rating(obj, where: str) -> Rating:
+    """{"prompt": str | messages, "response": str, "rating": number in [0, 1], "annotator"?,
+    "meta"?}; ValueError naming `where` otherwise."""
+    missing = [k for k in ("prompt", "response", "rating") if k not in obj]
+    if missing:
+        raise ValueError(f"{where}: a rating row needs {missing} (keys: {sorted(obj)[:8]})")
+    prompt, response, rating = obj["prompt"], obj["response"], obj["rating"]
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    chat.validate_messages(prompt, where, final="user")
+    if not isinstance(response, str):
+        raise ValueError(f"{where}: 'response' must be a string, got {type(response).__name__}")
+    if isinstance(rating, bool) or not isinstance(rating, int | float) or not 0 <= rating <= 1:
+        raise ValueError(f"{where}: 'rating' must be a number in [0, 1] (0 = off, 1 = "
+                         f"perfect), got {rating!r}")
+    return Rating(prompt, response, float(rating), str(obj.get("annotator", "unknown")),
+                  dict(obj.get("meta") or {}, where=where))
+
+
+def pairs_from_ratings(ratings) -> list[Preference]:
+    """Bradley-Terry pairs from ratings, by one rule: two replies to the same prompt (the same
+    messages) with different ratings make a pair, the higher-rated one chosen. Equal ratings
+    give no pair; the same reply rated twice differently (a conflict) gives none either. Pairs
+    keep the prompts' first-seen order and, within a prompt, the order the replies were rated."""
+    by_prompt: dict[str, list[Rating]] = {}
+    for r in ratings:
+        by_prompt.setdefault(json.dumps(r.prompt, sort_keys=True), []).append(r)
+    pairs = []
+    for group in by_prompt.values():
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                same = a.response == b.response and _ended(a) == _ended(b)
+                if a.rating == b.rating or same:
+                    continue
+                hi, lo = (a, b) if a.rating > b.rating else (b, a)
+                meta = {"format": "ratings", "rating_chosen": hi.rating,
+                        "rating_rejected": lo.rating, "chosen_terminated": _ended(hi),
+                        "rejected_terminated": _ended(lo),
+                        "rated": [hi.meta.get("where"), lo.meta.get("where")]}
+                if hi.meta.get("gold") is not None:  # collected in the synthetic world
+                    meta["gold_chosen"], meta["gold_rejected"] = hi.meta["gold"], lo.meta["gold"]
+                annotator = hi.annotator if hi.annotator == lo.annotator else "mixed"
+                pairs.append(Preference(hi.prompt, hi.response, lo.response, annotator, meta))
+    return pairs
+
+
+def _ended(r: Rating) -> bool:
+    return bool(r.meta.get("terminated", True))
+
+
+def _parse_feedback(obj, where: str):
+    if isinstance(obj, dict) and "rating" in obj:
+        return parse_rating(obj, where)
+    return parse_preference(obj, where)
+
+
 def read_preferences(path, max_bad_fraction: float = 0.01) -> list[Preference]:
-    """All preference pairs of a JSONL file (any of the three forms, mixed rows allowed)."""
-    return dialogues.read_jsonl(path, parse_preference, max_bad_fraction)
+    """All preference pairs of a JSONL file: pair rows in any of the three forms, and rating
+    rows ({"prompt", "response", "rating"}) turned into pairs by pairs_from_ratings (within the
+    file); mixed rows allowed."""
+    rows = dialogues.read_jsonl(path, _parse_feedback, max_bad_fraction)
+    ratings = [r for r in rows if isinstance(r, Rating)]
+    return [r for r in rows if isinstance(r, Preference)] + pairs_from_ratings(ratings)
 
 
 class PreferenceWriter:
@@ -155,7 +231,9 @@ class HumanAnnotator:
     does not leak which sample is which); keys: a / b / t(ie) / s(kip) / q(uit).
 
     label() returns "a" | "b" | "tie" | "skip" | "quit" in terms of the ORIGINAL order of
-    its arguments. End of input counts as quit. Writing the label is the caller's job
+    its arguments. rate() shows one answer and returns its rating in [0, 1] (0 if the answer
+    is off, 1 if perfect; 0.5 and any value between allowed), "skip" or "quit". End of input
+    counts as quit. Writing the label is the caller's job
     (PreferenceWriter), one row per answer, so a session can stop and resume.
     """
 
@@ -165,18 +243,20 @@ class HumanAnnotator:
     def __init__(self, in_stream, out_stream, rng):
         self.inp, self.out, self.rng = in_stream, out_stream, rng
 
-    def _show(self, prompt, first: str, second: str) -> None:
+    def _show(self, prompt, *replies: tuple[str, str]) -> None:
+        """The conversation so far, then each (tag, reply) between rules."""
         if isinstance(prompt, str):
             prompt = [{"role": "user", "content": prompt}]
         lines = ["", "=" * 60]
         lines += [f"{m['role'].upper()}: {m['content']}" for m in prompt]
-        lines += ["-" * 60, f"[A] {first}", "-" * 60, f"[B] {second}", "-" * 60]
-        self.out.write("\n".join(lines) + "\n")
+        for tag, text in replies:
+            lines += ["-" * 60, f"[{tag}] {text}"]
+        self.out.write("\n".join(lines + ["-" * 60]) + "\n")
 
     def label(self, prompt, response_a: str, response_b: str) -> str:
         swap = self.rng.random() < 0.5
         shown = (response_b, response_a) if swap else (response_a, response_b)
-        self._show(prompt, *shown)
+        self._show(prompt, ("A", shown[0]), ("B", shown[1]))
         while True:
             self.out.write("Better answer? [a]/[b], [t]ie, [s]kip, [q]uit: ")
             self.out.flush()
@@ -190,3 +270,22 @@ class HumanAnnotator:
             if swap and choice in ("a", "b"):
                 return "b" if choice == "a" else "a"
             return choice
+
+    def rate(self, prompt, response: str) -> float | str:
+        self._show(prompt, ("reply", response))
+        while True:
+            self.out.write("Rating? 0 = off ... 1 = perfect (e.g. 0, 0.5, 1), [s]kip, [q]uit: ")
+            self.out.flush()
+            line = self.inp.readline()
+            if not line:
+                return "quit"
+            choice = self.KEYS.get(line.strip().lower())
+            if choice in ("skip", "quit"):
+                return choice
+            try:
+                value = float(line.strip())
+            except ValueError:
+                value = math.nan
+            if 0.0 <= value <= 1.0:
+                return value
+            self.out.write(f"not a rating in [0, 1]: {line.strip()!r}\n")

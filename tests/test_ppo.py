@@ -48,7 +48,7 @@ def _config(tokenizer, root):
         c.model = model_config("test", vocab_size=384)
     c.data.tokenizer = tokenizer.path
     c.sft_from, c.reward_from = f"{root}/sft", f"{root}/rm"
-    c.tasks.n_prompts = 64
+    c.prompts.n_prompts = 64
     c.mesh.fsdp = N_DEVICES
     c.rollout.batch_size, c.rollout.max_new_tokens, c.rollout.temperature = 128, 8, 0.7
     c.ppo.iterations, c.ppo.epochs, c.ppo.minibatches = ITERATIONS, 4, 2

@@ -1,8 +1,9 @@
 """Best-of-n against the reward model: the other way to optimise a policy for a reward, the
 baseline PPO is compared with (Stiennon et al. 2020; Nakano et al. 2021; Gao et al. 2022).
 
-    rows = run_best_of_n(setup, tok, sft_params, rm_params, gain, bias, tasks, [1, 2, 4, 8, 16])
-    # [{"n", "kl", "gold_mean", "gold_ci", "rm_mean"}, ...]
+    rows = run_best_of_n(setup, tok, sft_params, rm_params, gain, bias, world, prompts,
+                         [1, 2, 4, 8, 16])
+    # [{"n", "kl", "gold_mean", "gold_ci", "rm_mean"}, ...] (gold: worlds with a gold scorer)
 
 For every prompt, N = max(ns) replies are sampled from the SFT policy at the given temperature
 and scored with the normalised reward model (gain · RM + bias at the last reply token; a reply
@@ -26,10 +27,8 @@ import jax
 import numpy as np
 
 from data import chat
-from data import tasks as tasks_lib
 from model import sampler, sharding
 from train import rl_math
-from train.generation import gold_scores
 from train.ppo_phases import RewardModelScore, assemble
 
 
@@ -113,7 +112,8 @@ def run_best_of_n(
     reward_params,
     gain,
     bias,
-    tasks,
+    world,
+    prompts,
     ns,
     *,
     temperature=0.7,
@@ -123,23 +123,23 @@ def run_best_of_n(
     eos_penalty=-1.0,
     prompt_len=None,
 ) -> list[dict]:
-    """[{n, kl, gold_mean, gold_ci: [lo, hi], rm_mean}] for each n in ns, on `tasks`."""
+    """[{n, kl, gold_mean, gold_ci: [lo, hi], rm_mean}] for each n in ns, on `prompts`
+    (data.worlds.Prompt) of `world`; without a gold scorer the rows hold n, kl and rm_mean."""
     ns = sorted({int(n) for n in ns})
-    if not tasks or not ns or ns[0] < 1:
-        raise ValueError(
-            f"train/best_of_n.py: need tasks and n values >= 1, got {len(tasks)} tasks and ns={ns}"
-        )
+    if not prompts or not ns or ns[0] < 1:
+        raise ValueError(f"train/best_of_n.py: need prompts and n values >= 1, got "
+                         f"{len(prompts)} prompts and ns={ns}")
+    rendered = [chat.render_prompt(tok, p.messages) for p in prompts]
     mult = setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]
     batch_size = -(-batch_size // mult) * mult
-    prompts = [chat.render_prompt(tok, tasks_lib.prompt_messages(t)) for t in tasks]
-    prompt_len = prompt_len or -(-max(map(len, prompts)) // 8) * 8
+    prompt_len = prompt_len or -(-max(map(len, rendered)) // 8) * 8
     reward_state = {"params": reward_params, "gain": np.float32(gain), "bias": np.float32(bias)}
     texts, terminated, rewards = sample_and_score(
         setup,
         tok,
         sft_params,
         reward_state,
-        prompts,
+        rendered,
         ns[-1],
         temperature=temperature,
         max_new_tokens=max_new_tokens,
@@ -148,29 +148,24 @@ def run_best_of_n(
         eos_penalty=eos_penalty,
         prompt_len=prompt_len,
     )
-    repeated = [t for t in tasks for _ in range(ns[-1])]
-    gold = gold_scores(repeated, texts, terminated).reshape(len(tasks), ns[-1])
-    rewards = rewards.reshape(len(tasks), ns[-1])
+    repeated = [p for p in prompts for _ in range(ns[-1])]
+    gold = world.gold(repeated, texts, terminated)
+    rewards = rewards.reshape(len(prompts), ns[-1])
     out = []
     for n in ns:
-        mean, lo, hi = rl_math.bootstrap_mean_ci(best_of_n_expectation(gold, rewards, n))
-        out.append(
-            {
-                "n": n,
-                "kl": rl_math.bon_kl(n),
-                "gold_mean": mean,
-                "gold_ci": [lo, hi],
-                "rm_mean": float(best_of_n_expectation(rewards, rewards, n).mean()),
-            }
-        )
+        row = {"n": n, "kl": rl_math.bon_kl(n),
+               "rm_mean": float(best_of_n_expectation(rewards, rewards, n).mean())}
+        if gold is not None:
+            values = best_of_n_expectation(gold.reshape(rewards.shape), rewards, n)
+            mean, lo, hi = rl_math.bootstrap_mean_ci(values)
+            row.update(gold_mean=mean, gold_ci=[lo, hi])
+        out.append(row)
     return out
 
 
 def print_table(rows: list[dict]) -> None:
     print("best-of-n vs the reward model (SFT samples): n | KL (nats) | gold [95% CI] | RM")
     for r in rows:
-        lo, hi = r["gold_ci"]
-        print(
-            f"  {r['n']:>3} | {r['kl']:.3f} | {r['gold_mean']:.3f} [{lo:.3f}, {hi:.3f}] | "
-            f"{r['rm_mean']:+.2f}"
-        )
+        gold = f"{r['gold_mean']:.3f} [{r['gold_ci'][0]:.3f}, {r['gold_ci'][1]:.3f}]" \
+            if "gold_mean" in r else "—"
+        print(f"  {r['n']:>3} | {r['kl']:.3f} | {gold} | {r['rm_mean']:+.2f}")

@@ -2,12 +2,15 @@
 
     python -m scripts.collect_preferences --config configs/reward/tiny.py --workdir runs/prefs
 
-1. Prompts: `collect.n_prompts` task prompts of the TRAIN split and `collect.heldout_prompts` of
-   the HELD-OUT split (data/tasks.py never puts one problem in both). Held-out pairs go to their
-   own file and are used only to evaluate the reward model.
+1. Prompts, from the collection's world (data/worlds.py): `collect.source` for the TRAIN
+   split and `collect.heldout_source` for the HELD-OUT one — the synthetic tasks
+   (`n_prompts` / `heldout_prompts` of them; data/tasks.py never puts one problem in both) or
+   the user's prompts files. Held-out pairs go to their own file and are used only to
+   evaluate the reward model.
 2. Samples: k replies per prompt from the SFT checkpoint (`init_from`), at `collect.temperature`
-   (the rendered prompt repeated k times through train.generation.ChatGenerator); each reply's
-   gold score (data.tasks.gold, halved when it never ended its turn) is recorded.
+   (the rendered prompt repeated k times through train.generation.ChatGenerator); in the
+   synthetic world each reply's gold score (data.tasks.gold, halved when it never ended its
+   turn) is recorded.
 3. Pairs: of the k(k−1)/2 index pairs of one prompt's samples, pairs whose two replies differ
    (in text or in whether they ended) come first, in a seeded random order, then identical
    ones; the first `pairs_per_prompt` are kept. An identical pair is kept only when too few
@@ -17,7 +20,11 @@
    synthetic preferences from a programmatic labeller, not human data. `human` — a person at
    the terminal (data.preferences.HumanAnnotator); each label is appended as it is given, and a
    later run skips every pair already in the output (by meta["pair_id"]) or recorded as tie /
-   skip in the side file, so a session can stop (q) and resume.
+   skip in the side file, so a session can stop (q) and resume. `rate` — the person rates each
+   distinct reply on the seed article's scale (0 if the answer is off, 1 if perfect) into
+   <split>.ratings.jsonl, resumable the same way; once all are rated the pairs are made by
+   data.preferences.pairs_from_ratings (same prompt, different ratings: the higher chosen).
+   `synthetic` needs the gold scorer, so prompt files take `human` or `rate`.
 
 Files in the workdir: candidates_<split>.json (the pairs to label, written once sampling is
 done, so resuming never re-samples), <split>.jsonl (the preference rows), <split>.skipped.jsonl
@@ -34,10 +41,11 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 
+from data import dialogues, worlds
 from data import preferences as prefs
-from data import tasks as tasks_lib
 from data.tokenizer import check_vocab, load_tokenizer
 from train import checkpoint, generation
 from train import setup as setup_lib
@@ -45,6 +53,7 @@ from train.checkpoint import abstract_like, load_params
 from train.metrics import write_run_info
 
 SPLITS = ("train", "heldout")
+ANNOTATORS = ("synthetic", "human", "rate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,13 +62,13 @@ class Candidate:
 
     pair_id: str
     split: str
-    family: str
+    family: str  # the task family, or the prompt file row's "group"
     prompt_index: int
     samples: tuple  # (i, j): sample indices of the two replies among the prompt's k
     prompt: list  # messages ending with the user turn
     responses: tuple  # (a, b) texts
     terminated: tuple  # (bool, bool): the reply ended its turn with <|end|>
-    gold: tuple  # (float, float)
+    gold: tuple  # (float, float); (None, None) in a world without a gold scorer
 
     @property
     def identical(self) -> bool:
@@ -109,14 +118,16 @@ def synthetic_name(tau: float, eps: float) -> str:
 # ---------------------------------------------------------------------- sampling
 
 
-def task_prompts(cfg, split: str, words=None) -> list:
-    """The collection prompts of a split (deterministic in collect.seed), over the SFT run's
-    task words (its checkpoint's extras["task_words"]; None: data/tasks.py's fallback)."""
-    families = tuple(f for f in cfg.families.split(",") if f) or tasks_lib.FAMILIES
-    n = cfg.n_prompts if split == "train" else cfg.heldout_prompts
-    return tasks_lib.make_tasks(
-        families, n, seed=cfg.seed, split=split, difficulty=cfg.difficulty, words=words
-    )
+def collection_world(config, words=None):
+    """The world the collection samples from (data/worlds.py): config.collect.source for the
+    train split, heldout_source for the held-out one."""
+    cfg = config.collect
+    spec = lambda source, n: ml_collections.ConfigDict(dict(
+        source=source, families=cfg.families, n_prompts=n, seed=cfg.seed,
+        difficulty=cfg.difficulty))
+    return worlds.make_world({"train": spec(cfg.source, cfg.n_prompts),
+                              "heldout": spec(cfg.heldout_source, cfg.heldout_prompts)},
+                             words, "config.collect")
 
 
 def load_lm_params(run_dir: str, setup, what: str = "init_from"):
@@ -131,39 +142,41 @@ def load_lm_params(run_dir: str, setup, what: str = "init_from"):
     return load_params(ckpt_dir, abstract_like(abstract, shardings))
 
 
-def sample_candidates(gen, params, task_list, split: str, cfg, rng) -> tuple[list, dict]:
+def sample_candidates(gen, params, world, split: str, cfg, rng) -> tuple[list, dict]:
     """(candidate pairs, sampling statistics) for the prompts of one split."""
-    prompts_msgs = [tasks_lib.prompt_messages(t) for t in task_list]
-    rendered = gen.render(prompts_msgs)
+    prompts = world.prompts(split)
+    if not prompts:
+        return [], {"prompts": 0, "samples": 0}
+    limit = gen.max_prompt + gen.max_new_tokens
+    rendered = worlds.render_prompts(gen.tok, prompts, cfg.max_new_tokens, limit, "collect")
     k = cfg.k
     out = gen.generate_ids(params, [p for p in rendered for _ in range(k)], rng)
-    golds = generation.gold_scores(
-        [t for t in task_list for _ in range(k)], out.texts, out.terminated
-    )
+    golds = world.gold([p for p in prompts for _ in range(k)], out.texts, out.terminated)
     pair_rng = np.random.default_rng([cfg.seed, SPLITS.index(split)])
     cands = []
-    for n, task in enumerate(task_list):
+    for n, prompt in enumerate(prompts):
         sl = slice(n * k, (n + 1) * k)
-        texts, terms, gold = out.texts[sl], [bool(t) for t in out.terminated[sl]], golds[sl]
+        texts, terms = out.texts[sl], [bool(t) for t in out.terminated[sl]]
+        gold = [None] * k if golds is None else [float(g) for g in golds[sl]]
         for i, j in form_pairs(list(zip(texts, terms)), cfg.pairs_per_prompt, pair_rng):
             responses, terminated = (texts[i], texts[j]), (terms[i], terms[j])
             cands.append(
                 Candidate(
-                    pair_id(split, n, (i, j), prompts_msgs[n], responses, terminated),
+                    pair_id(split, n, (i, j), prompt.messages, responses, terminated),
                     split,
-                    task.family,
+                    prompt.group,
                     n,
                     (i, j),
-                    prompts_msgs[n],
+                    prompt.messages,
                     responses,
                     terminated,
-                    (float(gold[i]), float(gold[j])),
+                    (gold[i], gold[j]),
                 )
             )
     stats = {
-        "prompts": len(task_list),
+        "prompts": len(prompts),
         "samples": len(out.texts),
-        "mean_gold": float(np.mean(golds)),
+        **({} if golds is None else {"mean_gold": float(np.mean(golds))}),
         "terminated": float(np.mean(out.terminated)),
         "mean_length": float(np.mean(out.lengths)),
     }
@@ -257,10 +270,59 @@ def label_human(cands, path: str, skipped_path: str, annotator) -> dict:
     }
 
 
+def label_ratings(cands, path: str, skipped_path: str, annotator) -> dict:
+    """Asks the annotator to rate every distinct reply of the candidates (0 = off … 1 =
+    perfect), appending each rating to <split>.ratings.jsonl at once (a later run asks only
+    the rest); when all are rated, writes the pairs data.preferences.pairs_from_ratings makes
+    of them to `path`."""
+    ratings_path = path.replace(".jsonl", ".ratings.jsonl")
+    todo, seen = [], set()
+    for c in cands:
+        for side in (0, 1):
+            key = (c.prompt_index, c.responses[side], c.terminated[side])
+            if key not in seen:
+                seen.add(key)
+                rid = pair_id(c.split, c.prompt_index, (c.samples[side],), c.prompt,
+                              (c.responses[side],), (c.terminated[side],))
+                meta = {"rating_id": rid, "split": c.split, "family": c.family,
+                        "prompt_index": c.prompt_index, "sample": c.samples[side],
+                        "terminated": c.terminated[side], "gold": c.gold[side]}
+                todo.append((rid, c.prompt, c.responses[side], meta))
+    done = set(_read_ids(ratings_path, lambda r: r["meta"]["rating_id"]))
+    done |= set(_read_ids(skipped_path, lambda r: r["rating_id"]))
+    complete, left = True, [t for t in todo if t[0] not in done]
+    with prefs.PreferenceWriter(ratings_path) as writer, open(skipped_path, "a") as side:
+        for n, (rid, prompt, response, meta) in enumerate(left):
+            annotator.out.write(f"\nreply {len(todo) - len(left) + n + 1} of {len(todo)}")
+            value = annotator.rate(prompt, response)
+            if value == "quit":
+                complete = False
+                break
+            if value == "skip":
+                side.write(json.dumps({"rating_id": rid, "label": "skip"}) + "\n")
+                side.flush()
+                os.fsync(side.fileno())
+            else:
+                writer.write(prefs.Rating(prompt, response, value, "human", meta))
+    skipped = len(_read_ids(skipped_path, lambda r: r["rating_id"]))
+    if complete:
+        ratings = dialogues.read_jsonl(ratings_path, prefs.parse_rating, max_bad_fraction=0.0)
+        pairs = prefs.pairs_from_ratings(ratings)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            for p in pairs:
+                key = [p.prompt, p.chosen, p.rejected, p.meta["chosen_terminated"],
+                       p.meta["rejected_terminated"]]
+                p.meta["pair_id"] = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+                f.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
+        os.replace(path + ".tmp", path)
+    return {"ties": 0, "skipped": skipped, "complete": complete}
+
+
 def gold_agreement(rows) -> tuple[float, int]:
     """Share of labelled pairs whose chosen reply has the higher gold, among pairs where gold
     differs (and how many those are)."""
-    diffs = [r["meta"]["gold_chosen"] - r["meta"]["gold_rejected"] for r in rows]
+    diffs = [r["meta"]["gold_chosen"] - r["meta"]["gold_rejected"] for r in rows
+             if r["meta"].get("gold_chosen") is not None]
     diffs = [d for d in diffs if d != 0]
     return (float(np.mean([d > 0 for d in diffs])) if diffs else float("nan")), len(diffs)
 
@@ -278,8 +340,7 @@ def run(config, workdir: str | None = None, *, in_stream=None, out_stream=None) 
         print(f"preferences already collected in {workdir} (summary.json exists)")
         with open(summary_path) as f:
             return json.load(f)
-    if cfg.annotator not in ("synthetic", "human"):
-        raise ValueError(f"collect.annotator={cfg.annotator!r}: expected 'synthetic' or 'human'")
+    check_annotator(config)
     t0 = time.time()
     os.makedirs(workdir, exist_ok=True)
     cands, stats = sample_all(config, workdir)
@@ -300,9 +361,10 @@ def run(config, workdir: str | None = None, *, in_stream=None, out_stream=None) 
         annotator = prefs.HumanAnnotator(
             in_stream or sys.stdin, out_stream or sys.stdout, random.Random(cfg.seed)
         )
+        label = label_human if cfg.annotator == "human" else label_ratings
         counts = {}
         for s in SPLITS:
-            counts[s] = label_human(
+            counts[s] = label(
                 cands[s],
                 os.path.join(workdir, f"{s}.jsonl"),
                 os.path.join(workdir, f"{s}.skipped.jsonl"),
@@ -311,9 +373,20 @@ def run(config, workdir: str | None = None, *, in_stream=None, out_stream=None) 
             if not counts[s]["complete"]:
                 print(f"stopped: labels so far are saved in {workdir}; run again to resume")
                 return {"complete": False}
-        annotator_name = "human"
+        annotator_name = "human" if cfg.annotator == "human" else "human ratings"
     summary = write_summary(workdir, annotator_name, cands, stats, counts, time.time() - t0)
     return summary
+
+
+def check_annotator(config) -> None:
+    """Refuses an annotator the collection's world cannot serve, before any sampling."""
+    annotator = config.collect.annotator
+    if annotator not in ANNOTATORS:
+        raise ValueError(f"config.collect.annotator={annotator!r}: expected one of {ANNOTATORS}")
+    if annotator == "synthetic" and not collection_world(config).has_gold:
+        raise ValueError(
+            "config.collect.annotator='synthetic' labels pairs from the gold scorer of the "
+            "synthetic tasks; prompts from files have none: use 'human' or 'rate'")
 
 
 def sampling_key(config) -> dict:
@@ -342,23 +415,18 @@ def sample_all(config, workdir: str):
             top_k=cfg.top_k,
             batch_size=cfg.batch_size,
         )
+        world = collection_world(config, words)
         for i, s in enumerate(SPLITS):
             t = time.time()
             cands, stats = sample_candidates(
-                gen,
-                params,
-                task_prompts(cfg, s, words),
-                s,
-                cfg,
-                jax.random.fold_in(jax.random.key(cfg.seed), i),
+                gen, params, world, s, cfg, jax.random.fold_in(jax.random.key(cfg.seed), i)
             )
             stats.update(sample_s=time.time() - t, sampling=sampling_key(config))
             save_candidates(paths[s], cands, stats)
-            print(
-                f"{s}: {stats['samples']} samples of {stats['prompts']} prompts in "
-                f"{stats['sample_s']:.1f}s, mean gold {stats['mean_gold']:.3f}, "
-                f"ended {stats['terminated']:.0%}, {len(cands)} candidate pairs"
-            )
+            gold = f", mean gold {stats['mean_gold']:.3f}" if "mean_gold" in stats else ""
+            ended = f", ended {stats['terminated']:.0%}" if cands else ""
+            print(f"{s}: {stats['samples']} samples of {stats['prompts']} prompts in "
+                  f"{stats['sample_s']:.1f}s{gold}{ended}, {len(cands)} candidate pairs")
     loaded = {s: load_candidates(p) for s, p in paths.items()}
     for s, (_, stats) in loaded.items():
         if stats.get("sampling", sampling_key(config)) != sampling_key(config):

@@ -1,9 +1,12 @@
-"""Pipeline evaluation: base, SFT and PPO policies on the same held-out task prompts.
+"""Pipeline evaluation: base, SFT and PPO policies on the same held-out prompts.
 
-For each policy: greedy answers, gold score (the programmatic labeller's scorer), answer
-correctness (gold without its style factors), the share of chatty replies (data/demonstrators.py)
-and the normalised reward-model score, with 95% bootstrap intervals; paired gold differences between
-stages; and best-of-n against the reward model from SFT samples (n = 1…16, analytic KL
+For each policy: greedy answers to the held-out prompts of the SFT stage's world (config
+sft.eval, data/worlds.py), the normalised reward-model score, the share of replies that end
+and their length; the reward model's win rates (sft over base, ppo over sft: the share of
+prompts where it scores the later policy's reply higher, ties ½); in a world with a gold
+scorer also gold, answer correctness (gold without its style factors), the share of chatty
+replies (data/demonstrators.py), all with 95% bootstrap intervals, and paired gold
+differences; and best-of-n against the reward model from SFT samples (n = 1…16, analytic KL
 log n − (n−1)/n). Writes <pipeline>/evaluate/summary.json and answers.jsonl for the report.
 """
 
@@ -15,14 +18,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from data import demonstrators
-from data import tasks as tasks_lib
+from data import worlds
 from data.tokenizer import load_tokenizer
-from train import best_of_n, reward_data, rl_math, sft
+from train import best_of_n, ppo_eval, reward_data, rl_math, sft
 from train import reward as reward_lib
 from train import setup as setup_lib
 from train.checkpoint import abstract_like, load_params
-from train.generation import ChatGenerator, eval_tasks, gold_scores
+from train.generation import ChatGenerator
 from train.metrics import write_json
 
 POLICIES = {"base": "pretrain", "sft": "sft", "ppo": "ppo"}
@@ -33,10 +35,10 @@ def load_pipeline_config(root: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def score_replies(reward_fn, tok, tasks, texts, terminated, seq_len, batch_multiple):
+def score_replies(reward_fn, tok, prompts, texts, terminated, seq_len, batch_multiple):
     """Normalised reward-model score of each (prompt, reply)."""
-    seqs = [reward_data.render_reply(tok, tasks_lib.prompt_messages(t), x, bool(e), seq_len)[0]
-            for t, x, e in zip(tasks, texts, terminated, strict=True)]
+    seqs = [reward_data.render_reply(tok, p.messages, x, bool(e), seq_len)[0]
+            for p, x, e in zip(prompts, texts, terminated, strict=True)]
     n = len(seqs)
     seqs += [seqs[-1]] * (-n % batch_multiple)
     batch = reward_data.right_pad(seqs, tok.pad_id, max(map(len, seqs)))
@@ -54,8 +56,10 @@ def run(root: str) -> dict:
     cfg = c.sft
     setup = setup_lib.make_setup(cfg)
     tok = load_tokenizer(cfg.data.tokenizer)
-    task_list = eval_tasks(cfg.eval, sft.task_words(cfg.data))
-    prompts = [tasks_lib.prompt_messages(t) for t in task_list]
+    world = worlds.make_world({"heldout": cfg.eval}, sft.task_words(cfg.data), "sft.eval")
+    prompts = world.prompts("heldout")
+    ids = worlds.render_prompts(tok, prompts, cfg.eval.max_new_tokens, cfg.model.max_seq_len,
+                                "sft.eval")
     gen = ChatGenerator(setup, tok, cfg.eval.max_new_tokens, greedy=True,
                         batch_size=cfg.eval.batch_size)
     rm_params, norm = reward_lib.load_reward_model(os.path.join(root, "reward"), setup,
@@ -67,49 +71,59 @@ def run(root: str) -> dict:
     for name, stage in POLICIES.items():
         params[name], _ = load_params(os.path.join(root, stage, "ckpt"),
                                       abstract_like(lm_abstract, lm_sh))
-        out = gen.generate(params[name], prompts, jax.random.key(0))
-        gold = gold_scores(task_list, out.texts, out.terminated)
-        rm = score_replies(reward_fn, tok, task_list, out.texts, out.terminated,
+        out = gen.generate_ids(params[name], ids, jax.random.key(0))
+        gold = world.gold(prompts, out.texts, out.terminated)
+        rm = score_replies(reward_fn, tok, prompts, out.texts, out.terminated,
                            cfg.model.max_seq_len, multiple)
-        answers[name] = {"texts": out.texts, "gold": gold, "rm": rm}
-        correct = [tasks_lib.correctness(t, x) for t, x in zip(task_list, out.texts, strict=True)]
-        results[name] = {"gold": _ci(gold), "rm": _ci(rm), "correctness": _ci(correct),
-                         "chatty": float(np.mean([demonstrators.is_chatty(x) for x in out.texts])),
+        answers[name] = {"texts": out.texts, "rm": rm,
+                         **({} if gold is None else {"gold": gold})}
+        details = world.details(prompts, out.texts)
+        results[name] = {**({} if gold is None else {"gold": _ci(gold)}), "rm": _ci(rm),
+                         **({"correctness": _ci(details["correctness"]),
+                             "chatty": float(np.mean(details["chatty"]))} if details else {}),
                          "terminated": float(np.mean(out.terminated)),
                          "length": float(np.mean(out.lengths))}
+    pairs = (("base", "sft"), ("sft", "ppo"))
     diffs = {f"{b}_minus_{a}": dict(zip(("mean", "lo", "hi"), rl_math.bootstrap_diff_ci(
-        answers[b]["gold"], answers[a]["gold"]))) for a, b in (("base", "sft"), ("sft", "ppo"))}
+        answers[b]["gold"], answers[a]["gold"]))) for a, b in pairs if world.has_gold}
+    wins = {f"{b}_over_{a}": _ci(ppo_eval.rm_wins(answers[b]["rm"], answers[a]["rm"]))
+            for a, b in pairs}
     with open(os.path.join(root, "ppo", "summary.json")) as f:
         bon = json.load(f).get("best_of_n")  # the PPO stage measured it on the same prompts
-    bon = bon or run_bon(c, setup, tok, params["sft"], rm_params, norm, task_list)
-    summary = {"n_prompts": len(task_list), "policies": results, "gold_differences": diffs,
-               "best_of_n": bon, "wall_s": time.perf_counter() - start,
-               "labeller": "synthetic preferences from a programmatic labeller (gold scorer)"}
-    write(root, summary, task_list, answers)
+    bon = bon or run_bon(c, setup, tok, params["sft"], rm_params, norm, world, prompts)
+    summary = {"n_prompts": len(prompts), "policies": results,
+               **({"gold_differences": diffs} if world.has_gold else {}),
+               "rm_win_rates": wins, "best_of_n": bon, "wall_s": time.perf_counter() - start,
+               "labeller": world.labeller}
+    write(root, summary, prompts, answers)
     return summary
 
 
-def run_bon(c, setup, tok, sft_params, rm_params, norm, task_list):
+def run_bon(c, setup, tok, sft_params, rm_params, norm, world, prompts):
     e = c.evaluate
     ns = [int(n) for n in str(e.bon_ns).split(",")]
     return best_of_n.run_best_of_n(
-        setup, tok, sft_params, rm_params, norm.gain, norm.bias, task_list[: e.bon_prompts], ns,
-        temperature=e.bon_temperature, max_new_tokens=c.sft.eval.max_new_tokens,
+        setup, tok, sft_params, rm_params, norm.gain, norm.bias, world, prompts[: e.bon_prompts],
+        ns, temperature=e.bon_temperature, max_new_tokens=c.sft.eval.max_new_tokens,
         batch_size=c.sft.eval.batch_size, seed=c.seed)
 
 
-def write(root, summary, task_list, answers):
+def write(root, summary, prompts, answers):
     out = os.path.join(root, "evaluate")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "answers.jsonl"), "w") as f:
-        for i, task in enumerate(task_list):
-            row = {"prompt": task.prompt, "family": task.family, "reference": task.answer}
+        for i, p in enumerate(prompts):
+            row = {"prompt": p.text, "family": p.group}
+            if p.task is not None:
+                row["reference"] = p.task.answer
             for name, a in answers.items():
-                row[name] = {"text": a["texts"][i], "gold": float(a["gold"][i]),
-                             "rm": float(a["rm"][i])}
+                row[name] = {"text": a["texts"][i], "rm": float(a["rm"][i]),
+                             **({"gold": float(a["gold"][i])} if "gold" in a else {})}
             f.write(json.dumps(row) + "\n")
     write_json(os.path.join(out, "summary.json"), summary)  # last: marks the stage complete
     for name, r in summary["policies"].items():
-        g, m = r["gold"], r["rm"]
-        print(f"{name:5s} gold {g['mean']:.3f} [{g['lo']:.3f}, {g['hi']:.3f}]  "
-              f"RM {m['mean']:+.2f}  terminated {r['terminated']:.0%}")
+        g, m = r.get("gold"), r["rm"]
+        gold = f"gold {g['mean']:.3f} [{g['lo']:.3f}, {g['hi']:.3f}]  " if g else ""
+        print(f"{name:5s} {gold}RM {m['mean']:+.2f}  terminated {r['terminated']:.0%}")
+    for name, w in summary["rm_win_rates"].items():
+        print(f"RM win rate {name}: {w['mean']:.0%} [{w['lo']:.0%}, {w['hi']:.0%}]")

@@ -1,9 +1,8 @@
-"""Chat generation and gold evaluation shared by SFT, reward-model collection, PPO and reports.
+"""Chat generation shared by SFT, reward-model collection, evaluation and reports.
 
     gen = ChatGenerator(setup, tok, max_new_tokens=48, temperature=0.7)
-    out = gen.generate(params, [task.prompt_messages ...], rng)   # ChatOutput
-    scores = gold_scores(tasks, out.texts, out.terminated)
-    mean, lo, hi = bootstrap_mean_ci(scores)
+    out = gen.generate(params, [prompt.messages ...], rng)   # ChatOutput
+    scores = world.gold(prompts, out.texts, out.terminated)  # data/worlds.py
 
 Prompts are rendered with the one chat format (data/chat.py), left-padded to a multiple of
 `bucket` tokens and cut into batches of a fixed size, so a whole evaluation compiles the sampler
@@ -16,7 +15,6 @@ import jax
 import numpy as np
 
 from data import chat
-from data import tasks as tasks_lib
 from model import sampler
 
 
@@ -100,25 +98,3 @@ class ChatGenerator:
             logprobs=np.concatenate(logps),
             lengths=np.concatenate(lens),
         )
-
-
-def gold_scores(task_list, texts, terminated) -> np.ndarray:
-    return np.array(
-        [
-            tasks_lib.gold(t, text, bool(term))
-            for t, text, term in zip(task_list, texts, terminated, strict=True)
-        ],
-        np.float64,
-    )
-
-
-def eval_tasks(config_eval, words=None) -> list:
-    """The held-out task prompts every stage is measured on (same seed → same prompts)."""
-    return tasks_lib.make_tasks(
-        tuple(config_eval.families.split(",")),
-        config_eval.n_prompts,
-        seed=config_eval.seed,
-        split="heldout",
-        difficulty=config_eval.difficulty,
-        words=words,
-    )

@@ -126,7 +126,8 @@ def export_checkpoint(workdir: str, out_dir: str, architecture: str | None = Non
     os.makedirs(out_dir, exist_ok=True)
     index = weights.write_safetensors(weights.export_tensors(cfg, params), out_dir,
                                       DTYPES[dtype], max_shard_bytes)
-    kept = os.path.join(workdir, "hf")
+    tok_dir = config.data.get("tokenizer", "")  # a run trained from an import: its hf/ folder
+    kept = tok_dir if os.path.isdir(tok_dir) else os.path.join(workdir, "hf")
     if jax.process_index() == 0:
         for name in TOKENIZER_FILES:
             if os.path.exists(os.path.join(kept, name)):

@@ -34,14 +34,12 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
-from data import chat
-from data import tasks as tasks_lib
+from data import chat, worlds
 from data.tokenizer import Tokenizer, check_vocab, load_tokenizer
 from model import sampler
 from train import optim, ppo_eval, rl_math
 from train import setup as setup_lib
 from train.checkpoint import Checkpoints, abstract_like, load_params
-from train.generation import eval_tasks, gold_scores
 from train.loop import NonFiniteLoss, _stop_on_signals, close_all, save_finite
 from train.metrics import MetricsWriter, write_run_info
 from train.ppo_eval import replies, to_host
@@ -59,11 +57,12 @@ class Roles:
 
 
 @dataclasses.dataclass
-class World:
-    train_tasks: list
-    train_prompts: list  # rendered prompt ids
-    eval_tasks: list
-    eval_prompts: list
+class Prompts:
+    world: Any  # data.worlds: the synthetic tasks or the user's prompt files
+    train: list  # [data.worlds.Prompt] rollout prompts
+    train_ids: list  # rendered prompt ids
+    heldout: list  # evaluation prompts (never sampled for rollouts)
+    heldout_ids: list
     prompt_len: int  # P: every prompt is left-padded to it (one compile)
 
 
@@ -75,7 +74,7 @@ class Run:
     workdir: str
     setup: Any
     tok: Tokenizer
-    world: World
+    prompts: Prompts
     hp: Any  # train.ppo_setup.Hparams
     phases: Any  # train.ppo_setup.Phases
     roles: Roles
@@ -105,8 +104,8 @@ def run(config, workdir: str, reward_fn=None, stop_after: int | None = None) -> 
     check_vocab(tok, config.model.vocab_size)
     setup = setup_lib.make_setup(config)
     roles, words = load_roles(config, setup)
-    world = make_world(config, tok, words)
-    hp = hparams_from_config(config, world.prompt_len, chat.end_of_turn_id(tok), tok.pad_id)
+    prompts = make_prompts(config, tok, words)
+    hp = hparams_from_config(config, prompts.prompt_len, chat.end_of_turn_id(tok), tok.pad_id)
     steps = config.ppo.iterations * config.ppo.epochs * config.ppo.minibatches
     reward_fn = reward_fn or RewardModelScore(setup.model_cfg)
     phases = make_phases(setup, hp, config.optim, config.critic_optim, steps, reward_fn)
@@ -119,7 +118,7 @@ def run(config, workdir: str, reward_fn=None, stop_after: int | None = None) -> 
         workdir,
         setup,
         tok,
-        world,
+        prompts,
         hp,
         phases,
         roles,
@@ -127,7 +126,7 @@ def run(config, workdir: str, reward_fn=None, stop_after: int | None = None) -> 
     )
     result, extras, last_eval = train(r, state, stop_after)
     result.roles = roles
-    if not result.interrupted and world.eval_prompts:
+    if not result.interrupted and prompts.heldout:
         result.summary = ppo_eval.finish(r, result, extras, last_eval, time.perf_counter() - t0)
     return result
 
@@ -152,24 +151,22 @@ def load_roles(config, setup) -> tuple[Roles, list | None]:
     return Roles(reference, reward, actor, critic), (sft_extras.get("task_words") or None)
 
 
-def make_world(config, tok, words) -> World:
-    """Train-split task prompts (rollouts) and held-out ones (evaluation), with the SFT run's
-    task words, so PPO sees the prompt distribution SFT was trained on."""
-    t = config.tasks
-    families = tuple(t.families.split(","))
-    train = tasks_lib.make_tasks(
-        families, t.n_prompts, seed=t.seed, split="train", difficulty=t.difficulty, words=words
-    )
-    held = eval_tasks(config.eval, words) if config.eval.n_prompts else []
-    render = lambda ts: [chat.render_prompt(tok, tasks_lib.prompt_messages(x)) for x in ts]
-    train_prompts, eval_prompts = render(train), render(held)
-    width = -(-max(map(len, train_prompts + eval_prompts)) // 8) * 8
-    if width + config.rollout.max_new_tokens > config.model.max_seq_len:
-        raise ValueError(
-            f"config: prompts need {width} tokens + rollout.max_new_tokens="
-            f"{config.rollout.max_new_tokens} > model.max_seq_len={config.model.max_seq_len}"
-        )
-    return World(train, train_prompts, held, eval_prompts, width)
+def make_prompts(config, tok, words) -> Prompts:
+    """Rollout prompts (config.prompts) and held-out ones (config.eval) of the stage's world,
+    rendered; the synthetic tasks use the SFT run's task words, so PPO sees the prompt
+    distribution SFT was trained on."""
+    world = worlds.make_world({"train": config.prompts, "heldout": config.eval}, words,
+                              "config.prompts / config.eval")
+    train, held = world.prompts("train"), world.prompts("heldout")
+    if not train:
+        raise ValueError("config.prompts.source is empty: PPO needs rollout prompts")
+    limit, new = config.model.max_seq_len, config.rollout.max_new_tokens
+    render = lambda ps: worlds.render_prompts(tok, ps, new, limit, "rollout")
+    train_ids, held_ids = render(train), render(held)
+    width = -(-max(map(len, train_ids + held_ids)) // 8) * 8
+    if width + new > limit:  # every prompt fits, but not padded to a multiple of 8
+        width = max(map(len, train_ids + held_ids))
+    return Prompts(world, train, train_ids, held, held_ids, width)
 
 
 class PromptStream:
@@ -198,8 +195,8 @@ class PromptStream:
 def iteration(r: Run, state, indices):
     """rollout → score → advantages → update; returns (state, host batch, metrics)."""
     times, t, hp, step = {}, time.perf_counter(), r.hp, int(state.step)
-    prompts = [r.world.train_prompts[i] for i in indices]
-    prompt = sampler.left_pad(prompts, hp.pad_id, hp.prompt_len)
+    prompt_ids = [r.prompts.train_ids[i] for i in indices]
+    prompt = sampler.left_pad(prompt_ids, hp.pad_id, hp.prompt_len)
     key = jax.random.fold_in(iteration_key(state.rng, step), 0)
     gen = jax.block_until_ready(r.phases.rollout(state.params, prompt, key))
     times["time_rollout"], t = time.perf_counter() - t, time.perf_counter()
@@ -215,11 +212,11 @@ def iteration(r: Run, state, indices):
     times["time_update"] = time.perf_counter() - t
     host = to_host(batch)
     texts, terminated = replies(r.tok, host["response"], host["lengths"])
-    gold = gold_scores([r.world.train_tasks[i] for i in indices], texts, terminated)
+    gold = r.prompts.world.gold([r.prompts.train[i] for i in indices], texts, terminated)
     metrics = {
         "reward": host["score"].mean(),  # what PPO maximises: RM score or the EOS penalty
         "rm_score": host["rm_score"].mean(),  # the normalised reward model alone
-        "gold": gold.mean(),
+        **({} if gold is None else {"gold": gold.mean()}),
         "beta": beta,
         "response_length": host["lengths"].mean(),
         "ended_frac": host["ended"].mean(),
@@ -240,7 +237,7 @@ def train(r: Run, state, stop_after):
     """Iterations until config.ppo.iterations, evaluating, logging and checkpointing."""
     c = r.config
     ckpt = Checkpoints(f"{r.workdir}/ckpt", c.train.keep_ckpts, c.train.async_checkpoint)
-    stream = PromptStream(len(r.world.train_prompts), c.tasks.seed)
+    stream = PromptStream(len(r.prompts.train_ids), c.prompts.seed)
     try:
         state, extras = _resume(ckpt, state, r.phases.state_sh, stream)
     except BaseException:
@@ -252,7 +249,7 @@ def train(r: Run, state, stop_after):
     n, flag, last, batch, metrics = c.ppo.iterations, {}, None, None, {}
     bar = tqdm(total=n, initial=int(state.step), dynamic_ncols=True, mininterval=1.0)
     try:
-        if r.world.eval_prompts and "sft_eval" not in extras:  # the SFT policy = reference
+        if r.prompts.heldout and "sft_eval" not in extras:  # the SFT policy = reference
             last = ppo_eval.run_eval(r, state, r.roles.reference, 0, writer, extras)
             extras["sft_eval"] = {k: v.tolist() for k, v in last[1].items() if k != "texts"}
         with _stop_on_signals(flag):
@@ -260,7 +257,7 @@ def train(r: Run, state, stop_after):
                 state, batch, metrics = iteration(r, state, stream.next(r.hp.batch_size))
                 _check_finite(it, metrics, ckpt)
                 _log(it, metrics, health, writer, bar, extras)
-                if r.world.eval_prompts and (it % c.eval.every == 0 or it == n):
+                if r.prompts.heldout and (it % c.eval.every == 0 or it == n):
                     last = ppo_eval.run_eval(r, state, state.params, it, writer, extras)
                 stop = bool(flag) or it == stop_after
                 if it % c.train.ckpt_every == 0 or it == n or stop:
@@ -304,4 +301,4 @@ def _log(it, metrics, health, writer, bar, extras):
         bar.write(f"iteration {it} warning: {msg}")
     bar.update(1)
     shown = ("reward", "gold", "kl", "entropy")
-    bar.set_postfix({k: f"{metrics[k]:.3g}" for k in shown}, refresh=False)
+    bar.set_postfix({k: f"{metrics[k]:.3g}" for k in shown if k in metrics}, refresh=False)

@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from data import chat, demonstrators, pipeline, sources, textclean
+from data import chat, demonstrators, pipeline, sources, textclean, worlds
 from data import corpus as corpus_lib
 from data import dialogues as dialogues_lib
 from data import tasks as tasks_lib
@@ -31,7 +31,7 @@ from data.tokenizer import Tokenizer, check_vocab
 from train import losses, rl_math
 from train import setup as setup_lib
 from train.checkpoint import abstract_like, load_params
-from train.generation import ChatGenerator, eval_tasks, gold_scores
+from train.generation import ChatGenerator
 from train.loop import Hooks, fit
 from train.metrics import atomic_write, write_json
 from train.step import make_eval_step, make_train_step
@@ -256,13 +256,16 @@ def make_val_eval(loss_fn, params_sh, setup, val_convs: dict, data, max_batches:
 
 
 class GoldEval:
-    """Greedy answers to the held-out task prompts (train.generation.eval_tasks) plus a few
-    open chat prompts, and their gold scores. The answers for the params last seen are kept,
-    so the eval and sample hooks of one step generate once."""
+    """Greedy answers to the held-out prompts of the stage's world (config.eval: the synthetic
+    task prompts, or a prompts file) plus a few open chat prompts, and their gold scores when
+    the world has a gold scorer (None otherwise). The answers for the params last seen are
+    kept, so the eval and sample hooks of one step generate once."""
 
     def __init__(self, setup, tok, eval_cfg, words):
-        self.tasks = eval_tasks(eval_cfg, words)
-        self.prompts = [t.prompt for t in self.tasks] + list(CHAT_PROMPTS)
+        self.world = worlds.make_world({"heldout": eval_cfg}, words, "config.eval")
+        self.held = self.world.prompts("heldout")
+        chats = [[{"role": "user", "content": p}] for p in CHAT_PROMPTS]
+        self.prompts = [p.text for p in self.held] + list(CHAT_PROMPTS)
         n_calls = -(-len(self.prompts) // eval_cfg.batch_size)  # equal batches, none too big
         self.generator = ChatGenerator(
             setup,
@@ -271,29 +274,36 @@ class GoldEval:
             greedy=True,
             batch_size=-(-len(self.prompts) // n_calls),
         )
+        self.ids = worlds.render_prompts(tok, self.held, eval_cfg.max_new_tokens,
+                                         setup.model_cfg.max_seq_len, "eval")
+        self.ids += self.generator.render(chats)
         self._last = (None, None)
 
     def answers(self, params) -> dict:
         if self._last[0] is params:
             return self._last[1]
-        conversations = [[{"role": "user", "content": p}] for p in self.prompts]
-        out = self.generator.generate(params, conversations, jax.random.key(0))  # greedy
-        n = len(self.tasks)
+        out = self.generator.generate_ids(params, self.ids, jax.random.key(0))  # greedy
+        n = len(self.held)
         answers = {
             "prompts": self.prompts,
             "texts": out.texts,
             "terminated": out.terminated,
-            "gold": gold_scores(self.tasks, out.texts[:n], out.terminated[:n]),
-            "families": [t.family for t in self.tasks],
+            "n_held": n,
+            "gold": self.world.gold(self.held, out.texts[:n], out.terminated[:n]),
+            "families": [p.group for p in self.held],
         }
         self._last = (params, answers)
         return answers
 
     @staticmethod
     def metrics(answers: dict) -> dict:
-        """Mean gold and share of terminated replies on the task prompts, gold per family."""
-        gold, n = answers["gold"], len(answers["gold"])
-        out = {"gold": float(gold.mean()), "terminated": float(answers["terminated"][:n].mean())}
+        """Share of terminated replies on the held-out prompts (all prompts when there are
+        none); mean gold and gold per family when the world has a gold scorer."""
+        gold, n = answers["gold"], answers["n_held"] or len(answers["texts"])
+        out = {"terminated": float(answers["terminated"][:n].mean())}
+        if gold is None:
+            return out
+        out = {"gold": float(gold.mean()), **out}
         families = np.array(answers["families"])
         for family in dict.fromkeys(answers["families"]):
             out[f"gold_{family}"] = float(gold[families == family].mean())
@@ -301,16 +311,18 @@ class GoldEval:
 
 
 def side_by_side(base: dict, sft: dict, k: int) -> list[dict]:
-    """The first k task prompts and every chat prompt: prompt, both answers, both golds."""
-    n = len(base["gold"])
+    """The first k held-out prompts and every chat prompt: prompt, both answers, both golds
+    (None for chat prompts, and in a world without gold)."""
+    n = base["n_held"]
     rows = list(range(min(k, n))) + list(range(n, len(base["prompts"])))
+    gold = lambda a, i: float(a["gold"][i]) if i < n and a["gold"] is not None else None
     return [
         {
             "prompt": base["prompts"][i],
             "base": base["texts"][i],
             "sft": sft["texts"][i],
-            "base_gold": float(base["gold"][i]) if i < n else None,
-            "sft_gold": float(sft["gold"][i]) if i < n else None,
+            "base_gold": gold(base, i),
+            "sft_gold": gold(sft, i),
         }
         for i in rows
     ]
@@ -358,23 +370,24 @@ def _cell(text) -> str:
 def write_summary(workdir: str, base: dict, sft: dict, extra: dict, k: int) -> dict:
     """summary.json (base vs SFT gold with 95% bootstrap intervals, paired difference,
     terminated shares, per-family gold, validation loss, wall time) and answers.md."""
-    n = len(base["gold"])
-    diff = rl_math.bootstrap_diff_ci(sft["gold"], base["gold"])
-    summary = {
-        "n_prompts": n,
-        "base_gold": _ci(base["gold"]),
-        "sft_gold": _ci(sft["gold"]),
-        "gold_diff": {"mean": diff[0], "lo": diff[1], "hi": diff[2]},
-        "base_terminated": float(base["terminated"][:n].mean()),
-        "sft_terminated": float(sft["terminated"][:n].mean()),
-        "base_by_family": {
-            k_: v for k_, v in GoldEval.metrics(base).items() if k_.startswith("gold_")
-        },
-        "sft_by_family": {
-            k_: v for k_, v in GoldEval.metrics(sft).items() if k_.startswith("gold_")
-        },
-        **extra,
-    }
+    n = base["n_held"] or len(base["texts"])
+    summary = {"n_prompts": base["n_held"]}
+    if base["gold"] is not None:
+        diff = rl_math.bootstrap_diff_ci(sft["gold"], base["gold"])
+        summary.update(
+            base_gold=_ci(base["gold"]),
+            sft_gold=_ci(sft["gold"]),
+            gold_diff={"mean": diff[0], "lo": diff[1], "hi": diff[2]},
+        )
+    summary.update(
+        base_terminated=float(base["terminated"][:n].mean()),
+        sft_terminated=float(sft["terminated"][:n].mean()),
+    )
+    if base["gold"] is not None:
+        by_family = lambda a: {k_: v for k_, v in GoldEval.metrics(a).items()
+                               if k_.startswith("gold_")}
+        summary.update(base_by_family=by_family(base), sft_by_family=by_family(sft))
+    summary.update(extra)
     rows = side_by_side(base, sft, k)
     table = ["| prompt | base | gold | SFT | gold |", "|---|---|---:|---|---:|"]
     for r in rows:
@@ -395,18 +408,19 @@ def write_summary(workdir: str, base: dict, sft: dict, extra: dict, k: int) -> d
 
 
 def print_headline(summary: dict, rows: list[dict], shown: int = 5) -> None:
-    b, s, d = summary["base_gold"], summary["sft_gold"], summary["gold_diff"]
-    print(
-        f"held-out task prompts (n={summary['n_prompts']}, greedy), mean gold [95% CI]: "
-        f"base {b['mean']:.3f} [{b['lo']:.3f}, {b['hi']:.3f}] → SFT {s['mean']:.3f} "
-        f"[{s['lo']:.3f}, {s['hi']:.3f}]; difference {d['mean']:+.3f} "
-        f"[{d['lo']:+.3f}, {d['hi']:+.3f}]"
-    )
+    if "gold_diff" in summary:
+        b, s, d = summary["base_gold"], summary["sft_gold"], summary["gold_diff"]
+        print(
+            f"held-out task prompts (n={summary['n_prompts']}, greedy), mean gold [95% CI]: "
+            f"base {b['mean']:.3f} [{b['lo']:.3f}, {b['hi']:.3f}] → SFT {s['mean']:.3f} "
+            f"[{s['lo']:.3f}, {s['hi']:.3f}]; difference {d['mean']:+.3f} "
+            f"[{d['lo']:+.3f}, {d['hi']:+.3f}]"
+        )
     print(
         f"replies that end their turn: base {summary['base_terminated']:.0%} → SFT "
         f"{summary['sft_terminated']:.0%}; validation loss {summary['val_loss']:.3f} "
         f"nats/token; wall time {summary['wall_time_s']:.0f} s"
     )
-    tasks = [r for r in rows if r["base_gold"] is not None]
-    for r in tasks[: shown - 2] + [r for r in rows if r["base_gold"] is None][:2]:
+    held = rows[: len(rows) - len(CHAT_PROMPTS)]
+    for r in held[: shown - 2] + rows[len(held):][:2]:
         print(f"Q: {r['prompt']}\n  base: {r['base']!r}\n  SFT:  {r['sft']!r}")

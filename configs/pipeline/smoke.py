@@ -37,7 +37,7 @@ def get_config(arg=None):
     rm.train.update(dict(steps=6, eval_every=6, log_every=3))
     rm.normalise.max_samples = 16
     ppo.rollout.update(dict(batch_size=8, max_new_tokens=16))
-    ppo.tasks.n_prompts = 64
+    ppo.prompts.n_prompts = 64
     ppo.ppo.update(dict(iterations=2, epochs=1, minibatches=2))
     ppo.eval.update(dict(every=2, n_prompts=8))
     ppo.best_of_n.update(dict(ns="1,2", n_prompts=4))

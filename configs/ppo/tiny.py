@@ -32,9 +32,18 @@ def get_config(arg=None):
     c.mesh = common.mesh_config()
     c.data = ml_collections.ConfigDict(dict(tokenizer=pretrain_tiny.data_config().tokenizer))
     sft_eval = sft_tiny.eval_config()
-    # rollout prompts: the train split of the synthetic tasks (held-out ones are never seen)
-    c.tasks = ml_collections.ConfigDict(
-        dict(families=sft_eval.families, n_prompts=8192, seed=0, difficulty=sft_eval.difficulty)
+    # rollout prompts (data/worlds.py): source "tasks" = the train split of the synthetic tasks
+    # (held-out ones are never seen; families, n_prompts, seed, difficulty apply to them), or
+    # "local:<prompts.jsonl>" = the user's prompts file (no gold: judged by the reward model).
+    # The prompt stream's shuffle seed is `seed` either way.
+    c.prompts = ml_collections.ConfigDict(
+        dict(
+            source="tasks",
+            families=sft_eval.families,
+            n_prompts=8192,
+            seed=0,
+            difficulty=sft_eval.difficulty,
+        )
     )
     c.rollout = ml_collections.ConfigDict(
         dict(
@@ -100,10 +109,12 @@ def get_config(arg=None):
         weight_decay=0.0,
         clip_norm=1.0,
     )
-    # held-out prompts: the same ones the SFT stage is measured on
+    # held-out prompts: the same ones the SFT stage is measured on (source as c.prompts;
+    # "" = no held-out evaluation)
     c.eval = ml_collections.ConfigDict(
         dict(
             every=10,
+            source=sft_eval.source,
             families=sft_eval.families,
             n_prompts=sft_eval.n_prompts,
             seed=sft_eval.seed,

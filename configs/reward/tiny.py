@@ -17,6 +17,11 @@ from configs import common
 def collect_config(**overrides) -> ml_collections.ConfigDict:
     cfg = dict(
         out="runs/prefs_tiny",  # folder of train.jsonl / heldout.jsonl / summary.json
+        # prompts sampled from (data/worlds.py): "tasks" = the synthetic tasks (families,
+        # difficulty, n_prompts, heldout_prompts apply), "local:<prompts.jsonl>" = a prompts
+        # file (every row; no gold, so a person labels: annotator "human" or "rate"); "" = none
+        source="tasks",
+        heldout_source="tasks",
         families="",  # comma-separated task families; "" = all of data/tasks.py
         difficulty=1,
         n_prompts=384,  # train-split task prompts sampled from
@@ -27,7 +32,10 @@ def collect_config(**overrides) -> ml_collections.ConfigDict:
         top_k=0,
         max_new_tokens=48,
         batch_size=64,  # generation batch (rounded up to the mesh's batch shards)
-        annotator="synthetic",  # "synthetic" | "human"
+        # "synthetic" (noisy BT over gold; the tasks world only) | "human" (a person picks the
+        # better of two replies) | "rate" (a person rates each reply 0 = off … 1 = perfect;
+        # pairs from ratings: data/preferences.py pairs_from_ratings)
+        annotator="synthetic",
         tau=0.05,  # Bradley-Terry temperature over gold differences
         eps=0.05,  # label flip rate
         seed=0,

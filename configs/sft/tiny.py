@@ -51,8 +51,11 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def eval_config(**overrides) -> ml_collections.ConfigDict:
-    """The held-out task prompts every later stage is measured on too."""
+    """The held-out prompts every later stage is measured on too (data/worlds.py: source
+    "tasks" = the synthetic task prompts and their gold scorer; "local:<prompts.jsonl>" = the
+    user's prompts, answers without gold; "" = none, validation loss only)."""
     cfg = dict(
+        source="tasks",
         families=FAMILIES,
         n_prompts=128,
         seed=1234,
