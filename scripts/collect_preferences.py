@@ -3,6 +3,9 @@
     python -m scripts.collect_preferences --config configs/reward/tiny.py --workdir runs/prefs
     python -m scripts.collect_preferences --config configs/reward/tiny.py \\
         --config.collect.annotator=human          # label at the terminal; q quits, rerun resumes
+    python -m scripts.collect_preferences --config configs/reward/tiny.py \
+        --config.collect.source=local:prompts.jsonl --config.collect.heldout_source= \
+        --config.collect.annotator=rate           # rate each reply 0 (off) … 1 (perfect)
 
 The default annotator gives synthetic preferences from a programmatic labeller (a noisy
 Bradley-Terry rater over the tasks' gold scorer), not human data. Writes <workdir>/train.jsonl,
