@@ -110,14 +110,9 @@ def render_prompt(tok, messages) -> list[int]:
 
 
 def stop_ids(tok) -> tuple[int, ...]:
-    """Ids that end a reply: <|end|>, or the stop ids of a model with its own template."""
+    """Ids that end a reply: <|end|>, or the stop ids of a model with its own template (the
+    sampler, PPO's rollouts and EOS handling and best-of-n stop on any of them)."""
     return tuple(tok.stop_ids) if _model_template(tok) is not None else (tok.special_id(END),)
-
-
-def end_of_turn_id(tok) -> int:
-    """The one id PPO's EOS handling treats as "the reply ended" (a model template's first
-    stop id: Llama 3's <|eot_id|>, Qwen2's <|im_end|>)."""
-    return stop_ids(tok)[0]
 
 
 class Reply(NamedTuple):

@@ -233,6 +233,12 @@ def test_config_errors_name_the_key(env):
         hparams_from_config(c, 32, 7, 0)
 
 
+def test_every_stop_id_of_a_model_template_ends_a_rollout(env):
+    """A model's template may stop on several ids (Llama 3: <|eot_id|> and <|end_of_text|>)."""
+    assert hparams_from_config(env[0], 32, (7, 9), 0).stop_ids == (7, 9)
+    assert hparams_from_config(env[0], 32, 7, 0).stop_ids == (7,)
+
+
 def test_prompt_stream_resumes_at_its_position():
     a = ppo.PromptStream(10, seed=3)
     seen = a.next(7) + a.next(7)  # crosses an epoch: reshuffled, every index once per epoch

@@ -105,7 +105,7 @@ def run(config, workdir: str, reward_fn=None, stop_after: int | None = None) -> 
     setup = setup_lib.make_setup(config)
     roles, words = load_roles(config, setup)
     prompts = make_prompts(config, tok, words)
-    hp = hparams_from_config(config, prompts.prompt_len, chat.end_of_turn_id(tok), tok.pad_id)
+    hp = hparams_from_config(config, prompts.prompt_len, chat.stop_ids(tok), tok.pad_id)
     steps = config.ppo.iterations * config.ppo.epochs * config.ppo.minibatches
     reward_fn = reward_fn or RewardModelScore(setup.model_cfg)
     phases = make_phases(setup, hp, config.optim, config.critic_optim, steps, reward_fn)

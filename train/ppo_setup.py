@@ -1,6 +1,6 @@
 """PPO settings and the compiled phases: what train/ppo.py builds once and calls every iteration.
 
-    hp = hparams_from_config(config, prompt_len, end_id, pad_id)
+    hp = hparams_from_config(config, prompt_len, stop_ids, pad_id)
     phases = make_phases(setup, hp, config.optim, config.critic_optim, total_steps, reward_fn)
     state = phases.init_state(actor_params, critic_params, kl_state, seed)
     gen = phases.rollout(state.params, prompt, key)                      # the sampler
@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from model import sampler, sharding
 from model.transformer import Transformer
@@ -44,7 +45,7 @@ class Hparams:
     prompt_len: int  # P
     max_new_tokens: int  # T
     temperature: float
-    end_id: int
+    stop_ids: tuple  # every id that ends a reply (a model template may have several)
     pad_id: int
     eos_penalty: float | None
     kl_estimator: str
@@ -66,14 +67,15 @@ def _off_if_zero(x):
     return float(x) if x else None
 
 
-def hparams_from_config(config, prompt_len: int, end_id: int, pad_id: int) -> Hparams:
+def hparams_from_config(config, prompt_len: int, stop_ids, pad_id: int) -> Hparams:
+    """stop_ids: one id or a tuple (data.chat.stop_ids: <|end|>, or a model's stop ids)."""
     r, p = config.rollout, config.ppo
     hp = Hparams(
         batch_size=r.batch_size,
         prompt_len=prompt_len,
         max_new_tokens=r.max_new_tokens,
         temperature=float(r.temperature),
-        end_id=end_id,
+        stop_ids=tuple(int(i) for i in np.atleast_1d(stop_ids)),
         pad_id=pad_id,
         eos_penalty=float(p.eos_penalty) if p.eos_trick else None,
         kl_estimator=config.kl.estimator,
@@ -153,7 +155,7 @@ def _make_phases(cfg, mesh, rules, hp, optim_items, critic_items, total_steps, r
         cfg,
         hp.max_new_tokens,
         temperature=hp.temperature,
-        stop_ids=(hp.end_id,),
+        stop_ids=hp.stop_ids,
         pad_id=hp.pad_id,
         mesh=mesh,
         rules=rules,
