@@ -115,7 +115,8 @@ def make_world(specs: dict, words=None, key: str = "config"):
     if len(kinds) > 1:
         raise ValueError(f"{key}: prompt sources {sources} mix the synthetic tasks and prompt "
                          "files; one stage reads one world")
-    return FileWorld(specs) if kinds == {"files"} else TaskWorld(specs, words)
+    # no prompts at all: nothing to score, so no gold either
+    return TaskWorld(specs, words) if kinds == {"tasks"} else FileWorld(specs)
 
 
 def parse_prompt(obj, where: str) -> Prompt:

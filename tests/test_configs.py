@@ -2,6 +2,7 @@
 
 import glob
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -22,8 +23,20 @@ FILES = sorted(
 )
 
 
-def _stage_configs(module_name):
-    cfg = importlib.import_module(module_name).get_config()
+@pytest.fixture(scope="module")
+def imported_dir(tmp_path_factory):
+    """A folder shaped like scripts.import_hf's output (only its config.json is read)."""
+    folder = tmp_path_factory.mktemp("imported")
+    config = {"model": common.model_config("test", qkv_bias=True).to_dict(),
+              "data": {"tokenizer": str(folder / "hf")}, "hf": {"architecture": "Qwen2ForCausalLM"}}
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def _stage_configs(module_name, imported_dir):
+    module = importlib.import_module(module_name)
+    # configs/*/hf.py take the imported folder (model, tokenizer) as their argument
+    cfg = module.get_config(imported_dir) if module_name.endswith(".hf") else module.get_config()
     if "model" in cfg:
         return [cfg]
     return [v for v in cfg.values() if hasattr(v, "keys") and "model" in v]  # pipelines
@@ -37,8 +50,8 @@ def _abstract_param_count(cfg: ModelConfig, head="lm") -> int:
 
 
 @pytest.mark.parametrize("module_name", FILES)
-def test_config_file_builds_abstract_params(module_name):
-    stages = _stage_configs(module_name)
+def test_config_file_builds_abstract_params(module_name, imported_dir):
+    stages = _stage_configs(module_name, imported_dir)
     assert stages, f"{module_name} has no stage config with a model"
     for cfg in stages:
         assert cfg.is_locked
@@ -46,6 +59,15 @@ def test_config_file_builds_abstract_params(module_name):
             cfg.optim.no_such_key = 1  # locked: a typo is an error
         model_cfg = ModelConfig.from_config(cfg.model)
         assert _abstract_param_count(model_cfg) == model_cfg.param_count()
+
+
+def test_hf_configs_build_the_imported_model_or_say_how_to_import(imported_dir, tmp_path):
+    from configs.ppo import hf
+
+    cfg = hf.get_config(imported_dir)
+    assert cfg.model.qkv_bias and cfg.data.tokenizer.endswith("hf")
+    with pytest.raises(FileNotFoundError, match="import a model first .*--workdir "):
+        hf.get_config(str(tmp_path / "nothing"))
 
 
 @pytest.mark.parametrize("size", sorted(common.MODEL_SIZES))

@@ -76,10 +76,10 @@ def test_hf_model_through_sft_reward_ppo_and_back(tmp_path):
         f"--config.data.sft_mixture=local:{files['dialogues']}", "--config.data.seq_len=128",
         "--config.data.batch_size=4", "--config.data.val_fraction=0.2", "--config.train.steps=4",
         "--config.train.eval_every=2", "--config.train.ckpt_every=4",
-        f"--config.eval.source=local:{files['heldout']}", "--config.eval.max_new_tokens=12",
-        "--config.optim.lr=1e-3")
-    sft = smoke.summary(runs["sft"], ".")
-    assert sft["n_prompts"] == len(TOPICS) and "sft_gold" not in sft and sft["steps"] == 4
+        "--config.eval.max_new_tokens=12", "--config.optim.lr=1e-3")
+    sft = smoke.summary(runs["sft"], ".")  # config default: no held-out prompts, no gold
+    assert sft["n_prompts"] == 0 and "sft_gold" not in sft and sft["steps"] == 4
+    assert np.isfinite(sft["val_loss"])
     cli("scripts.train", f"--config=configs/reward/hf.py:{base}", f"--workdir={runs['rm']}",
         f"--config.init_from={runs['sft']}", f"--config.data.preferences={files['preferences']}",
         "--config.data.seq_len=128", "--config.data.batch_size=4", "--config.train.steps=4",
@@ -164,7 +164,7 @@ def test_own_sft_checkpoint_on_a_prompts_file_without_gold(tokenizer, tmp_path):
     assert ppo["judge"].startswith("no gold") and "rm_win_lo" in ppo["ppo"]
 
 
-def test_synthetic_annotator_needs_gold(tokenizer, tmp_path):
+def test_collection_refuses_bad_inputs_before_writing(tokenizer, tmp_path):
     files = user_files(tmp_path)
     c = tiny_config(tokenizer, tmp_path)
     c.collect.source = f"local:{files['prompts']}"
@@ -173,4 +173,10 @@ def test_synthetic_annotator_needs_gold(tokenizer, tmp_path):
     c.collect.heldout_source = ""
     with pytest.raises(ValueError, match="gold scorer.*'human' or 'rate'"):
         collect.run(c)
-    assert not os.path.exists(c.collect.out)
+    long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "Hi"}, {"prompt": "word " * 60}])
+    c.collect.update(dict(annotator="rate", source=f"local:{long}"))
+    make_sft_checkpoint(c)
+    with pytest.raises(ValueError, match=r"long.jsonl:2: the prompt is \d+ tokens; with collect "
+                                         r"max_new_tokens=12 it needs \d+ > model.max_seq_len=64"):
+        collect.run(c)
+    assert not os.path.exists(c.collect.out)  # nothing written

@@ -342,7 +342,6 @@ def run(config, workdir: str | None = None, *, in_stream=None, out_stream=None) 
             return json.load(f)
     check_annotator(config)
     t0 = time.time()
-    os.makedirs(workdir, exist_ok=True)
     cands, stats = sample_all(config, workdir)
     write_run_info(workdir, config)  # after sample_all accepted the folder's candidates
     if cfg.annotator == "synthetic":
@@ -416,6 +415,10 @@ def sample_all(config, workdir: str):
             batch_size=cfg.batch_size,
         )
         world = collection_world(config, words)
+        limit = setup.model_cfg.max_seq_len
+        for s in SPLITS:  # every prompt read and checked before the folder is made
+            worlds.render_prompts(tok, world.prompts(s), cfg.max_new_tokens, limit, "collect")
+        os.makedirs(workdir, exist_ok=True)
         for i, s in enumerate(SPLITS):
             t = time.time()
             cands, stats = sample_candidates(

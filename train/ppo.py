@@ -3,9 +3,11 @@
     python -m scripts.train --config configs/ppo/tiny.py --workdir runs/ppo_tiny
 
 Reads top to bottom: roles (actor and reference from the SFT run, critic and reward from the
-reward run) → task prompts (train split for rollouts, held-out split for evaluation) →
-compiled phases (train/ppo_setup.py) → iterations → summary.json (train/ppo_eval.py: SFT vs
-PPO held-out gold, best-of-n, gold/RM/KL of intermediate policies) and the headline.
+reward run) → prompts of the stage's world (data/worlds.py: `prompts` for rollouts, `eval` for
+held-out evaluation; the synthetic tasks or the user's prompt files) → compiled phases
+(train/ppo_setup.py) → iterations → summary.json (train/ppo_eval.py: SFT vs PPO on held-out
+prompts — gold where the world has a gold scorer, the reward model's win rate, RM score, KL —
+best-of-n, intermediate policies) and the headline.
 
 One iteration = rollout (sample B train prompts at temperature T) → score (old and reference
 log-probs, values, reward at the last token, EOS penalty) → advantages (KL-shaped rewards,

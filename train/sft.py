@@ -4,9 +4,11 @@
 
 A foundation model completes documents: asked a question it often carries on with another
 question. Fine-tuning on well-formed dialogues teaches it to answer. This stage measures that
-on the synthetic assistant tasks (data/tasks.py): the mean gold score of greedy answers to the
-same held-out task prompts, rendered in the same chat format, for the base (pretrained) params
-and for the fine-tuned ones, with bootstrap intervals.
+on the held-out prompts of its world (data/worlds.py, config.eval): on the synthetic assistant
+tasks, the mean gold score of greedy answers to the same held-out task prompts, rendered in the
+same chat format, for the base (pretrained) params and for the fine-tuned ones, with bootstrap
+intervals; on a user's prompts file, the answers themselves (answers.md); always the
+validation loss.
 
 Reads top to bottom: tokenizer → task words → conversation sets (tasks, dialogues, local
 files) → rendered and packed grain streams → params from the pretraining checkpoint (a fresh
