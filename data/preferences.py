@@ -253,39 +253,47 @@ class HumanAnnotator:
             lines += ["-" * 60, f"[{tag}] {text}"]
         self.out.write("\n".join(lines + ["-" * 60]) + "\n")
 
+    def _ask(self, question: str, parse):
+        """Asks until parse(answer) is not None; end of input is "quit"."""
+        while True:
+            self.out.write(question)
+            self.out.flush()
+            line = self.inp.readline()
+            if not line:
+                return "quit"
+            answer = parse(line.strip())
+            if answer is not None:
+                return answer
+
     def label(self, prompt, response_a: str, response_b: str) -> str:
         swap = self.rng.random() < 0.5
         shown = (response_b, response_a) if swap else (response_a, response_b)
         self._show(prompt, ("A", shown[0]), ("B", shown[1]))
-        while True:
-            self.out.write("Better answer? [a]/[b], [t]ie, [s]kip, [q]uit: ")
-            self.out.flush()
-            line = self.inp.readline()
-            if not line:
-                return "quit"
-            choice = self.KEYS.get(line.strip().lower())
-            if choice is None:
-                self.out.write(f"unknown key {line.strip()!r}\n")
-                continue
-            if swap and choice in ("a", "b"):
-                return "b" if choice == "a" else "a"
-            return choice
+        choice = self._ask("Better answer? [a]/[b], [t]ie, [s]kip, [q]uit: ", self._key)
+        if swap and choice in ("a", "b"):
+            return "b" if choice == "a" else "a"
+        return choice
 
     def rate(self, prompt, response: str) -> float | str:
         self._show(prompt, ("reply", response))
-        while True:
-            self.out.write("Rating? 0 = off ... 1 = perfect (e.g. 0, 0.5, 1), [s]kip, [q]uit: ")
-            self.out.flush()
-            line = self.inp.readline()
-            if not line:
-                return "quit"
-            choice = self.KEYS.get(line.strip().lower())
-            if choice in ("skip", "quit"):
-                return choice
-            try:
-                value = float(line.strip())
-            except ValueError:
-                value = math.nan
-            if 0.0 <= value <= 1.0:
-                return value
-            self.out.write(f"not a rating in [0, 1]: {line.strip()!r}\n")
+        return self._ask("Rating? 0 = off ... 1 = perfect (e.g. 0, 0.5, 1), [s]kip, [q]uit: ",
+                         self._rating)
+
+    def _key(self, text: str) -> str | None:
+        choice = self.KEYS.get(text.lower())
+        if choice is None:
+            self.out.write(f"unknown key {text!r}\n")
+        return choice
+
+    def _rating(self, text: str) -> float | str | None:
+        choice = self.KEYS.get(text.lower())
+        if choice in ("skip", "quit"):
+            return choice
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if 0.0 <= value <= 1.0:
+            return value
+        self.out.write(f"not a rating in [0, 1]: {text!r}\n")
+        return None
