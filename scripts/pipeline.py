@@ -318,4 +318,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, multiprocess=False)  # its stages start jax.distributed themselves

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from train import distributed
+
 ITEMS = ("state", "data", "extras")
 INTEGRITY = "_integrity"  # extras key of the checksums (removed again on restore)
 
@@ -137,6 +139,7 @@ class Checkpoints:
             os.makedirs(aside, exist_ok=True)
             os.rename(os.path.join(self.directory, str(step)), target)
             print(f"moved the unreadable checkpoint step {step} to {target}", flush=True)
+        distributed.barrier("ckpt_corrupt")  # every process sees the move before reloading
         self.manager.reload()
 
     def wait(self):

@@ -45,13 +45,19 @@ def debug_requested(argv=None) -> bool:
     return "--debug" in argv or os.environ.get("JAXCHAT_DEBUG", "") not in ("", "0")
 
 
-def run(main, argv=None):
-    """absl's app.run(main) behind the one error path (see the module docstring)."""
+def run(main, argv=None, multiprocess: bool = True):
+    """absl's app.run(main) behind the one error path (see the module docstring). A run that
+    spans processes starts jax.distributed first (train/distributed.py); multiprocess=False
+    for entry points that only orchestrate others (the pipeline)."""
     from absl import app
 
     argv, debug = _prologue(sys.argv if argv is None else argv)
     try:
         with _error_path(argv, debug):
+            if multiprocess and not any(a in HELP_FLAGS for a in argv):
+                from train import distributed
+
+                distributed.initialize()
             app.run(lambda args: _quiet_then(main, args, debug), argv=argv,
                     flags_parser=_parse_flags_or_exit)
     except SystemExit as e:
@@ -237,7 +243,13 @@ def _squash(text: str) -> str:
 
 @contextlib.contextmanager
 def folder_lock(folder: str, what: str = "run"):
-    """Refuses a second process on the same run folder (the lock dies with its process)."""
+    """Refuses a second process on the same run folder (the lock dies with its process). In a
+    run over several processes, process 0 holds it for all: they run one program."""
+    from train import distributed
+
+    if not distributed.is_primary():
+        yield
+        return
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, ".lock")
     f = open(path, "a+")  # noqa: SIM115 - held for the whole run

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from train import distributed
 from train.checkpoint import Checkpoints, NonFiniteState, abstract_like
 from train.metrics import MetricsWriter, write_run_info
 
@@ -189,5 +190,7 @@ def _run_eval(eval_fn, state, step, writer):
 
 
 def _write_samples(workdir, text):
+    if not distributed.is_primary():
+        return
     with open(f"{workdir}/samples.txt", "a") as f:
         f.write(text.rstrip() + "\n\n")

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+from train import distributed
+
 PACKAGES = (
     "jax",
     "jaxlib",
@@ -23,19 +25,24 @@ PACKAGES = (
 
 
 class MetricsWriter:
-    """Appends one JSON line per record and mirrors scalars to TensorBoard."""
+    """Appends one JSON line per record and mirrors scalars to TensorBoard; on process 0 only
+    (every process computes the same replicated scalars)."""
 
     def __init__(self, workdir: str, tensorboard: bool = True):
-        os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self._file = self._tb = None
+        if not distributed.is_primary():
+            return
+        os.makedirs(workdir, exist_ok=True)
         self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run
-        self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(workdir, "tb"), flush_secs=30)
 
     def write(self, step: int, metrics: dict, prefix: str = "train"):
+        if self._file is None:
+            return
         record = {"step": int(step), "split": prefix, "time": time.time()}
         record.update({k: _plain(v) for k, v in metrics.items()})
         self._file.write(json.dumps(record) + "\n")
@@ -46,6 +53,8 @@ class MetricsWriter:
                     self._tb.add_scalar(f"{prefix}/{k}", v, int(step))
 
     def close(self):
+        if self._file is None:
+            return
         try:
             self._file.close()
         finally:
@@ -89,7 +98,14 @@ def read_metrics(workdir: str, split: str | None = None) -> list[dict]:
 
 def atomic_write(path: str, text: str) -> None:
     """Writes a whole file or nothing: a temporary file renamed over the old one (a kill or a
-    full disk mid-write leaves the previous version, never a truncated one)."""
+    full disk mid-write leaves the previous version, never a truncated one). Process 0 writes;
+    every process then waits at a named barrier, so none reads the file before it exists."""
+    if distributed.is_primary():
+        _write_then_rename(path, text)
+    distributed.barrier(f"write {os.path.basename(path)}")
+
+
+def _write_then_rename(path: str, text: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "w") as f:
@@ -106,7 +122,8 @@ def write_json(path: str, obj) -> None:
 
 def write_run_info(workdir: str, config) -> None:
     """Resolved config, package versions and git commit, so a run can be reproduced."""
-    os.makedirs(workdir, exist_ok=True)
+    if distributed.is_primary():
+        os.makedirs(workdir, exist_ok=True)
     atomic_write(
         os.path.join(workdir, "config.json"),
         config.to_json_best_effort(indent=2)

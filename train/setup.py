@@ -11,7 +11,7 @@ import numpy as np
 from model import estimate, sharding
 from model.config import ModelConfig
 from model.transformer import Transformer
-from train import optim
+from train import distributed, optim
 from train.state import init_state, state_shardings
 
 # jax device_kind prefixes of the accelerators whose datasheet peaks model/estimate.py keeps.
@@ -44,6 +44,7 @@ class Setup:
 
 
 def make_setup(config) -> Setup:
+    distributed.check_same_config(config)  # every process runs the same config, or none runs
     mesh = sharding.make_mesh(dict(config.mesh.items()))
     rules = sharding.make_rules(dict(config.mesh.rules))
     return Setup(ModelConfig.from_config(config.model), mesh, rules)
@@ -69,8 +70,9 @@ def peak_flops() -> float:
 @functools.cache
 def measured_cpu_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
     """Median FLOP/s of an n×n fp32 matmul on the host (the whole CPU, all cores)."""
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
-    mm = jax.jit(lambda x: x @ x, device=jax.devices("cpu")[0])
+    device = jax.local_devices(backend="cpu")[0]  # this host's: devices()[0] may be another's
+    a = jax.device_put(np.random.default_rng(0).standard_normal((n, n), np.float32), device)
+    mm = jax.jit(lambda x: x @ x)
     mm(a).block_until_ready()
     times = []
     for _ in range(repeats):

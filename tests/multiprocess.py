@@ -1,0 +1,85 @@
+"""A multi-process harness on one machine: N processes on localhost, each with its own
+virtual CPU devices, talking through jax.distributed (gloo collectives), as the hosts of a
+cluster would. Used by tests/test_multiprocess.py.
+
+    ranks = launch(["scripts.train", "--config=...", "--workdir=..."], n=2, devices=4)
+    assert all(r.code == 0 for r in ranks), ranks[0].log
+
+Each rank gets JAX_NUM_PROCESSES / JAX_PROCESS_ID / JAX_COORDINATOR_ADDRESS (a free port; the
+explicit start-up of train/distributed.py), JAX_NUM_CPU_DEVICES, its own log file, and a
+deadline: past it every rank gets SIGTERM, then SIGKILL 5 s later, so a hang fails the test
+instead of stopping the suite.
+"""
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from tests import smoke
+
+
+@dataclasses.dataclass
+class Rank:
+    code: int | None  # None: killed at the deadline
+    log: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(n: int, rank: int, devices: int, port: int, timeout_s: int) -> dict:
+    env = dict(smoke.ENV, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
+               JAXCHAT_DISTRIBUTED_TIMEOUT=str(timeout_s))
+    for key in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
+        env.pop(key, None)  # only the explicit start-up here
+    if n > 1:
+        env.update(JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(rank),
+                   JAX_COORDINATOR_ADDRESS=f"localhost:{port}")
+    return env
+
+
+def launch(module_args: list[str], n: int = 2, devices: int = 4, timeout: float = 300,
+           log_dir: str | None = None, barrier_timeout_s: int = 60,
+           kill_rank: tuple[int, float] | None = None) -> list[Rank]:
+    """Runs `python -m <module_args>` as n ranks; returns each rank's exit code and log.
+    kill_rank=(rank, seconds): SIGKILL that rank after that long (fault tests)."""
+    log_dir = log_dir or smoke.ROOT
+    port, procs, logs = free_port(), [], []
+    for rank in range(n):
+        path = os.path.join(log_dir, f"rank{rank}.log")
+        logs.append(path)
+        with open(path, "w") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", *module_args], cwd=smoke.ROOT, stdout=log,
+                stderr=subprocess.STDOUT, env=rank_env(n, rank, devices, port, barrier_timeout_s),
+                start_new_session=True))
+    start, killed = time.monotonic(), False
+    while any(p.poll() is None for p in procs) and time.monotonic() - start < timeout:
+        if kill_rank and not killed and time.monotonic() - start > kill_rank[1]:
+            procs[kill_rank[0]].kill()
+            killed = True
+        time.sleep(0.2)
+    codes = [p.poll() for p in procs]
+    _stop(procs)
+    return [Rank(code, open(path).read()) for code, path in zip(codes, logs, strict=True)]
+
+
+def _stop(procs) -> None:
+    """SIGTERM to every rank still running, SIGKILL 5 s later (as jax's own harness does)."""
+    alive = [p for p in procs if p.poll() is None]
+    for p in alive:
+        os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while any(p.poll() is None for p in alive) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for p in alive:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()

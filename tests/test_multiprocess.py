@@ -1,0 +1,137 @@
+"""Two processes × 4 CPU devices (jax.distributed, gloo) against one process × 8 devices: the
+same pretraining run, a checkpoint handed between process counts, a dead rank.
+
+Why not bitwise: with 8 devices in one process, XLA:CPU reduces gradients in-process; across
+two processes the same all-reduce goes through gloo, which sums in another order. The same
+global batches reach the same devices (data/pipeline.py: each process keeps the rows its
+devices hold), so the runs differ only by float rounding in the reductions.
+"""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from configs import common
+from configs.pretrain import tiny as pretrain_tiny
+from tests import multiprocess, smoke
+from train import metrics
+from train import setup as setup_lib
+from train.checkpoint import abstract_like, load_params
+
+pytestmark = pytest.mark.xdist_group("multiprocess")
+STEPS = 4
+
+
+def pretrain_config(tokenizer, data_dir, steps):
+    c = pretrain_tiny.get_config()
+    with c.unlocked():
+        c.model = common.model_config("test", vocab_size=384, max_seq_len=64)
+    c.data.update(dict(mixture=f"local:{data_dir}/corpus.jsonl=1", tokenizer=tokenizer.path,
+                       vocab_size=384, seq_len=64, batch_size=8, val_fraction=0.1))
+    c.train.update(dict(steps=steps, eval_every=steps, eval_batches=1, ckpt_every=2,
+                        sample_every=0, log_every=1, async_checkpoint=False))
+    return c
+
+
+def train_cmd(cfg_path, workdir):
+    return ["scripts.train", f"--config=configs/resolved.py:{cfg_path}", f"--workdir={workdir}"]
+
+
+def write_config(c, path):
+    path.write_text(json.dumps(c.to_dict()))
+    return str(path)
+
+
+def run(cmd, tmp_path, n, name):
+    logs = tmp_path / f"logs_{name}"
+    logs.mkdir()
+    ranks = multiprocess.launch(cmd, n=n, devices=8 // n, log_dir=str(logs), timeout=400)
+    for r in ranks:
+        assert r.code == 0, f"{name}: a rank exited {r.code}:\n{r.log[-3000:]}"
+    return ranks
+
+
+def losses(workdir):
+    return [(r["step"], r["loss"]) for r in metrics.read_metrics(workdir, "train")]
+
+
+def final_params(config, workdir):
+    setup = setup_lib.make_setup(config)  # this test process: 1 process, 8 devices
+    shardings, abstract = setup.param_shardings()
+    params, _ = load_params(os.path.join(workdir, "ckpt"), abstract_like(abstract, shardings))
+    return {k: np.asarray(v) for k, v in _flat(params)}
+
+
+def _flat(tree, prefix=""):
+    for k, v in tree.items():
+        yield from (_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else [(prefix + k, v)])
+
+
+@pytest.fixture(scope="module")
+def runs(tokenizer, tmp_path_factory):
+    """The same 4-step pretraining on 1 process × 8 devices and on 2 processes × 4."""
+    tmp = tmp_path_factory.mktemp("mp")
+    smoke.make_data(str(tmp))
+    config = pretrain_config(tokenizer, tmp, STEPS)
+    cfg = write_config(config, tmp / "cfg.json")
+    one, two = str(tmp / "one"), str(tmp / "two")
+    run(train_cmd(cfg, one), tmp, 1, "one")
+    ranks = run(train_cmd(cfg, two), tmp, 2, "two")
+    return config, tmp, one, two, ranks
+
+
+def test_two_processes_train_like_one(runs):
+    config, _, one, two, ranks = runs
+    a, b = losses(one), losses(two)
+    assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([x for _, x in b], [x for _, x in a], rtol=1e-5)
+    p1, p2 = final_params(config, one), final_params(config, two)  # 2-process ckpt, 1 process
+    assert p1.keys() == p2.keys()
+    worst = max(float(np.abs(p1[k] - p2[k]).max()) for k in p1)
+    assert worst < 1e-5, worst
+    assert "eval" in {r["split"] for r in metrics.read_metrics(two)}
+
+
+def test_files_are_written_once_by_process_zero(runs):
+    _, _, _, two, ranks = runs
+    lines = open(os.path.join(two, "metrics.jsonl")).read().splitlines()
+    assert len([r for r in map(json.loads, lines) if r["split"] == "train"]) == STEPS
+    assert not [f for f in os.listdir(two) if ".tmp" in f]
+    assert "summary.json" in os.listdir(two) and "config.json" in os.listdir(two)
+    assert "gloo" in ranks[1].log.lower()  # the ranks really talked through gloo
+
+
+def test_a_checkpoint_moves_between_process_counts_and_resumes_exactly(runs, tokenizer):
+    """The step-4 checkpoints continued to step 6: the 1-process one on 1 process (the
+    reference) and on 2 processes, the 2-process one on 1 process. (Not against a 6-step run
+    from scratch: the learning-rate schedule spans train.steps, so it differs.)"""
+    _, tmp, one, two, _ = runs
+    cfg6 = write_config(pretrain_config(tokenizer, tmp, 6), tmp / "cfg6.json")
+    resumed = {}
+    for name, source, n in (("one_one", one, 1), ("one_two", one, 2), ("two_one", two, 1)):
+        resumed[name] = str(tmp / name)
+        shutil.copytree(source, resumed[name])
+        ranks = run(train_cmd(cfg6, resumed[name]), tmp, n, name)
+        assert "resumed from" in ranks[0].log and "at step 4" in ranks[0].log
+    want = dict(losses(resumed["one_one"]))
+    for name in ("one_two", "two_one"):
+        got = dict(losses(resumed[name]))
+        assert sorted(got) == list(range(1, 7))  # steps 5 and 6 appended after the resume
+        np.testing.assert_allclose([got[s] for s in (5, 6)], [want[s] for s in (5, 6)],
+                                   rtol=1e-5, err_msg=name)
+
+
+def test_a_dead_rank_is_an_error_not_a_hang(runs, tokenizer):
+    config, tmp, _, _, _ = runs
+    cfg = write_config(pretrain_config(tokenizer, tmp, 200), tmp / "cfg200.json")
+    logs = tmp / "logs_dead"
+    logs.mkdir()
+    ranks = multiprocess.launch(train_cmd(cfg, str(tmp / "dead")), n=2, devices=4,
+                                log_dir=str(logs), timeout=200, barrier_timeout_s=20,
+                                kill_rank=(1, 25.0))
+    assert ranks[1].code == -9
+    assert ranks[0].code not in (0, None), ranks[0].log[-2000:]  # it stopped by itself ...
+    assert "another task died" in ranks[0].log or "heartbeat" in ranks[0].log  # ... and why
