@@ -10,7 +10,8 @@ Start-up (nothing happens in a single-process run):
              tests (tests/multiprocess.py) and any launcher that sets them; cluster detection
              is switched off, so a SLURM allocation around a local test cannot interfere;
   detected   SLURM (SLURM_NTASKS > 1), Open MPI (OMPI_COMM_WORLD_SIZE > 1) and multi-host TPU
-             slices (TPU_WORKER_HOSTNAMES with several hosts): jax.distributed.initialize()
+             slices (TPU_WORKER_HOSTNAMES with several hosts), or JAXCHAT_DISTRIBUTED=auto
+             (a TPU VM pod slice, where no variable says so): jax.distributed.initialize()
              reads the cluster's own variables (scripts/launch_slurm.sh).
 JAXCHAT_DISTRIBUTED_TIMEOUT (seconds, default 300) bounds start-up and every barrier, so a rank
 that died leaves the others with an error naming what they waited for, never a hang.
@@ -75,7 +76,7 @@ def initialize() -> None:
                 address, int(n), int(os.environ["JAX_PROCESS_ID"]),
                 cluster_detection_method="deactivate", initialization_timeout=timeout_s(),
                 heartbeat_timeout_seconds=max(timeout_s() // 3, 10))
-        elif n is None and _cluster_size() > 1:
+        elif n is None and (_cluster_size() > 1 or os.environ.get("JAXCHAT_DISTRIBUTED") == "auto"):
             jax.distributed.initialize(initialization_timeout=timeout_s())
     except DistributedError:
         raise
