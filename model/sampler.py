@@ -276,6 +276,12 @@ def _make_generate(cfg, max_new_tokens, sampling, stop_ids, pad_id, mesh, rules)
 
     def generate(params, tokens_BxP, positions_BxP, segment_ids_BxP, rng) -> Generation:
         _check_prompts(cfg, tokens_BxP, segment_ids_BxP, max_new_tokens, mesh)
+        if mesh is not None:  # several processes: every one holds the whole prompt batch
+            b2 = sharding.batch_sharding(mesh, 2)
+            tokens_BxP, positions_BxP, segment_ids_BxP = (
+                sharding.host_to_global(x, b2) for x in (tokens_BxP, positions_BxP,
+                                                         segment_ids_BxP))
+            rng = sharding.host_to_global(rng, sharding.replicated(mesh))
         with context():
             return jitted(params, tokens_BxP, positions_BxP, segment_ids_BxP, rng)
 

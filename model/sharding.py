@@ -114,6 +114,21 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def host_to_global(x, sharding: NamedSharding):
+    """A host value that every process holds whole (the same prompts, the same key) → a jax.Array
+    laid out by `sharding`. In one process jit takes numpy directly; across processes it must
+    be given global arrays, each process supplying the shards of its own devices."""
+    if jax.process_count() == 1 or (isinstance(x, jax.Array) and x.sharding == sharding):
+        return x
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = np.asarray(jax.random.key_data(x))
+        impl = jax.random.key_impl(x)
+        raw = jax.make_array_from_callback(data.shape, sharding, lambda idx: data[idx])
+        return jax.random.wrap_key_data(raw, impl=impl)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
 def check_divisible(boxed_tree, mesh: Mesh, rules):
     """Raises ValueError unless every sharded parameter dim divides by its mesh axes' product.
 

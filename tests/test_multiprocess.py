@@ -16,6 +16,7 @@ import pytest
 
 from configs import common
 from configs.pretrain import tiny as pretrain_tiny
+from configs.sft import tiny as sft_tiny
 from tests import multiprocess, smoke
 from train import metrics
 from train import setup as setup_lib
@@ -135,3 +136,28 @@ def test_a_dead_rank_is_an_error_not_a_hang(runs, tokenizer):
     assert ranks[1].code == -9
     assert ranks[0].code not in (0, None), ranks[0].log[-2000:]  # it stopped by itself ...
     assert "another task died" in ranks[0].log or "heartbeat" in ranks[0].log  # ... and why
+
+
+def test_sft_with_its_greedy_answers_on_two_processes_equals_one(runs, tokenizer):
+    """SFT steps and the evaluation's generation (global arrays gathered to every host)."""
+    _, tmp, one, _, _ = runs
+    c = sft_tiny.get_config()
+    with c.unlocked():
+        c.model = common.model_config("test", vocab_size=384, max_seq_len=64)
+    c.init_from = one
+    c.data.update(dict(tokenizer=tokenizer.path, seq_len=64, batch_size=8, n_tasks=64,
+                       n_val_tasks=8, task_word_sources="",
+                       sft_mixture=f"tasks=0.8,local:{tmp}/dialogues.jsonl=0.2"))
+    c.train.update(dict(steps=2, eval_every=2, eval_batches=1, ckpt_every=2, sample_every=2,
+                        log_every=1, async_checkpoint=False))
+    c.eval.update(dict(n_prompts=8, max_new_tokens=8, batch_size=8, n_side_by_side=2))
+    cfg = write_config(c, tmp / "sft.json")
+    folders = {n: str(tmp / f"sft{n}") for n in (1, 2)}
+    for n, folder in folders.items():
+        run(train_cmd(cfg, folder), tmp, n, f"sft{n}")
+    a, b = (smoke.summary(folders[n], ".") for n in (1, 2))
+    np.testing.assert_allclose([x for _, x in losses(folders[2])],
+                               [x for _, x in losses(folders[1])], rtol=1e-5)
+    assert smoke.without_times(a)["sft_gold"] == smoke.without_times(b)["sft_gold"]
+    answers = [open(os.path.join(f, "answers.md")).read() for f in folders.values()]
+    assert answers[0] == answers[1]

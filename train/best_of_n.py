@@ -29,6 +29,7 @@ import numpy as np
 from data import chat
 from model import sampler, sharding
 from train import rl_math
+from train.distributed import to_host
 from train.ppo_phases import RewardModelScore, assemble
 
 
@@ -93,8 +94,8 @@ def sample_and_score(
             chunk + [chunk[-1]] * (batch_size - len(chunk)), tok.pad_id, prompt_len
         )
         gen = generate(sft_params, *prompt, jax.random.fold_in(key, start))
-        rm = np.asarray(jax.device_get(score(reward_state, prompt, gen)))[: len(chunk)]
-        gen = jax.device_get(gen)
+        rm = to_host(score(reward_state, prompt, gen))[: len(chunk)]
+        gen = to_host(gen)
         ended = np.asarray(gen.ended_B)[: len(chunk)]
         rewards.append(rm if eos_penalty is None else np.where(ended, rm, eos_penalty))
         lengths = np.asarray(gen.lengths_B)[: len(chunk)]

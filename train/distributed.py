@@ -137,3 +137,16 @@ def check_same_config(config) -> None:
             f"process {process_index()} was started with another config than process 0 "
             f"(config hash {digest} vs {theirs}): start every process with the same command")
     barrier("config")
+
+
+def to_host(tree):
+    """Device arrays → numpy, whole (gathered from every process on multi-host runs, where
+    jax.device_get refuses arrays with shards on other hosts)."""
+    import jax
+    import numpy as np
+
+    if process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+    return jax.tree.map(np.asarray, jax.device_get(tree))

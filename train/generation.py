@@ -16,6 +16,7 @@ import numpy as np
 
 from data import chat
 from model import sampler
+from train.distributed import to_host
 
 
 @dataclasses.dataclass
@@ -84,7 +85,7 @@ class ChatGenerator:
                 *sampler.left_pad(padded, self.tok.pad_id, width),
                 jax.random.fold_in(rng, start),
             )
-            out = jax.device_get(out)
+            out = to_host(out)
             toks.append(np.asarray(out.tokens_BxT)[: len(chunk)])
             logps.append(np.asarray(out.logprobs_BxT)[: len(chunk)])
             lens.append(np.asarray(out.lengths_B)[: len(chunk)])

@@ -42,9 +42,10 @@ from model import sampler
 from train import optim, ppo_eval, rl_math
 from train import setup as setup_lib
 from train.checkpoint import Checkpoints, abstract_like, load_params
+from train.distributed import to_host
 from train.loop import NonFiniteLoss, _stop_on_signals, close_all, save_finite
 from train.metrics import MetricsWriter, write_run_info
-from train.ppo_eval import replies, to_host
+from train.ppo_eval import replies
 from train.ppo_phases import RewardModelScore, iteration_key
 from train.ppo_setup import hparams_from_config, make_phases
 from train.reward import load_reward_model

@@ -27,16 +27,8 @@ from data import chat
 from model import sampler
 from train import rl_math
 from train.best_of_n import print_table, run_best_of_n
+from train.distributed import to_host
 from train.metrics import write_json
-
-
-def to_host(tree):
-    """Device arrays -> numpy (gathered from every process on multi-host runs)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        return multihost_utils.process_allgather(tree, tiled=True)
-    return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
 def replies(tok, response_BxT, lengths_B) -> tuple[list[str], np.ndarray]:

@@ -7,6 +7,7 @@ import numpy as np
 
 from data import chat, pipeline
 from model import sharding
+from train.distributed import to_host
 
 KEYS = ("tokens", "positions", "segment_ids")
 
@@ -152,5 +153,5 @@ class Scorer:
             )
             with sharding.activate(self.setup.mesh, self.setup.rules):
                 scores = self._fn(params, _to_global(rows, self.setup.mesh))
-            out.append(np.asarray(jax.device_get(scores))[: len(chunk)])
+            out.append(to_host(scores)[: len(chunk)])
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
