@@ -16,6 +16,7 @@ import pytest
 
 from configs import common
 from configs.pretrain import tiny as pretrain_tiny
+from configs.reward import tiny as reward_tiny
 from configs.sft import tiny as sft_tiny
 from tests import multiprocess, smoke
 from train import metrics
@@ -161,3 +162,32 @@ def test_sft_with_its_greedy_answers_on_two_processes_equals_one(runs, tokenizer
     assert smoke.without_times(a)["sft_gold"] == smoke.without_times(b)["sft_gold"]
     answers = [open(os.path.join(f, "answers.md")).read() for f in folders.values()]
     assert answers[0] == answers[1]
+
+
+def test_reward_model_on_two_processes_equals_one(runs, tokenizer):
+    """Bradley-Terry steps, held-out accuracy and the normalisation fit on 2 processes."""
+    _, tmp, one, _, _ = runs
+    prompts = [f"What is {i} plus {i}?" for i in range(24)]
+    rows = [{"prompt": p, "chosen": f"{2 * i}.", "rejected": f"It is {i}, I think."}
+            for i, p in enumerate(prompts)]
+    for name, part in (("train", rows[:16]), ("held", rows[16:])):
+        (tmp / f"{name}_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    c = reward_tiny.get_config()
+    with c.unlocked():
+        c.model = common.model_config("test", vocab_size=384, max_seq_len=64)
+    c.init_from = one  # a pretraining run: the reward model only needs a trunk
+    c.data.update(dict(tokenizer=tokenizer.path, seq_len=64, batch_size=8,
+                       preferences=str(tmp / "train_pairs.jsonl"),
+                       heldout=str(tmp / "held_pairs.jsonl")))
+    c.train.update(dict(steps=3, eval_every=3, ckpt_every=3, log_every=1,
+                        async_checkpoint=False))
+    c.normalise.max_samples = 16
+    cfg = write_config(c, tmp / "rm.json")
+    folders = {n: str(tmp / f"rm{n}") for n in (1, 2)}
+    for n, folder in folders.items():
+        run(train_cmd(cfg, folder), tmp, n, f"rm{n}")
+    a, b = (smoke.without_times(smoke.summary(folders[n], ".")) for n in (1, 2))
+    np.testing.assert_allclose([x for _, x in losses(folders[2])],
+                               [x for _, x in losses(folders[1])], rtol=1e-5)
+    assert a["heldout_accuracy"] == b["heldout_accuracy"]
+    np.testing.assert_allclose(b["heldout_loss"], a["heldout_loss"], rtol=1e-5)
