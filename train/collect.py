@@ -47,7 +47,7 @@ import numpy as np
 from data import dialogues, worlds
 from data import preferences as prefs
 from data.tokenizer import check_vocab, load_tokenizer
-from train import checkpoint, generation
+from train import checkpoint, distributed, generation
 from train import setup as setup_lib
 from train.checkpoint import abstract_like, load_params
 from train.metrics import write_run_info
@@ -344,6 +344,18 @@ def run(config, workdir: str | None = None, *, in_stream=None, out_stream=None) 
     t0 = time.time()
     cands, stats = sample_all(config, workdir)
     write_run_info(workdir, config)  # after sample_all accepted the folder's candidates
+    if not distributed.is_primary():  # process 0 labels and writes; the others read its summary
+        distributed.barrier("collected")
+        with open(summary_path) as f:
+            return json.load(f)
+    summary = label_all(config, workdir, cands, stats, in_stream, out_stream, t0)
+    distributed.barrier("collected")
+    return summary
+
+
+def label_all(config, workdir, cands, stats, in_stream, out_stream, t0) -> dict:
+    """Labels both splits with the configured annotator; writes the rows and the summary."""
+    cfg = config.collect
     if cfg.annotator == "synthetic":
         counts = {
             s: label_synthetic(
@@ -382,6 +394,9 @@ def check_annotator(config) -> None:
     annotator = config.collect.annotator
     if annotator not in ANNOTATORS:
         raise ValueError(f"config.collect.annotator={annotator!r}: expected one of {ANNOTATORS}")
+    if annotator != "synthetic" and distributed.process_count() > 1:
+        raise ValueError(f"config.collect.annotator={annotator!r}: a person labels at one "
+                         "terminal; run this collection as one process")
     if annotator == "synthetic" and not collection_world(config).has_gold:
         raise ValueError(
             "config.collect.annotator='synthetic' labels pairs from the gold scorer of the "
@@ -418,18 +433,21 @@ def sample_all(config, workdir: str):
         limit = setup.model_cfg.max_seq_len
         for s in SPLITS:  # every prompt read and checked before the folder is made
             worlds.render_prompts(tok, world.prompts(s), cfg.max_new_tokens, limit, "collect")
-        os.makedirs(workdir, exist_ok=True)
+        if distributed.is_primary():
+            os.makedirs(workdir, exist_ok=True)
         for i, s in enumerate(SPLITS):
             t = time.time()
             cands, stats = sample_candidates(
                 gen, params, world, s, cfg, jax.random.fold_in(jax.random.key(cfg.seed), i)
             )
             stats.update(sample_s=time.time() - t, sampling=sampling_key(config))
-            save_candidates(paths[s], cands, stats)
+            if distributed.is_primary():  # every process sampled the same replies
+                save_candidates(paths[s], cands, stats)
             gold = f", mean gold {stats['mean_gold']:.3f}" if "mean_gold" in stats else ""
             ended = f", ended {stats['terminated']:.0%}" if cands else ""
             print(f"{s}: {stats['samples']} samples of {stats['prompts']} prompts in "
                   f"{stats['sample_s']:.1f}s{gold}{ended}, {len(cands)} candidate pairs")
+        distributed.barrier("candidates")
     loaded = {s: load_candidates(p) for s, p in paths.items()}
     for s, (_, stats) in loaded.items():
         if stats.get("sampling", sampling_key(config)) != sampling_key(config):

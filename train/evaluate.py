@@ -20,7 +20,7 @@ import numpy as np
 
 from data import worlds
 from data.tokenizer import load_tokenizer
-from train import best_of_n, ppo_eval, reward_data, rl_math, sft
+from train import best_of_n, distributed, ppo_eval, reward_data, rl_math, sft
 from train import reward as reward_lib
 from train import setup as setup_lib
 from train.checkpoint import abstract_like, load_params
@@ -110,8 +110,20 @@ def run_bon(c, setup, tok, sft_params, rm_params, norm, world, prompts):
 
 def write(root, summary, prompts, answers):
     out = os.path.join(root, "evaluate")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "answers.jsonl"), "w") as f:
+    if distributed.is_primary():
+        os.makedirs(out, exist_ok=True)
+        write_answers(os.path.join(out, "answers.jsonl"), prompts, answers)
+    write_json(os.path.join(out, "summary.json"), summary)  # last: marks the stage complete
+    for name, r in summary["policies"].items():
+        g, m = r.get("gold"), r["rm"]
+        gold = f"gold {g['mean']:.3f} [{g['lo']:.3f}, {g['hi']:.3f}]  " if g else ""
+        print(f"{name:5s} {gold}RM {m['mean']:+.2f}  terminated {r['terminated']:.0%}")
+    for name, w in summary["rm_win_rates"].items():
+        print(f"RM win rate {name}: {w['mean']:.0%} [{w['lo']:.0%}, {w['hi']:.0%}]")
+
+
+def write_answers(path, prompts, answers):
+    with open(path, "w") as f:
         for i, p in enumerate(prompts):
             row = {"prompt": p.text, "family": p.group}
             if p.task is not None:
@@ -120,10 +132,3 @@ def write(root, summary, prompts, answers):
                 row[name] = {"text": a["texts"][i], "rm": float(a["rm"][i]),
                              **({"gold": float(a["gold"][i])} if "gold" in a else {})}
             f.write(json.dumps(row) + "\n")
-    write_json(os.path.join(out, "summary.json"), summary)  # last: marks the stage complete
-    for name, r in summary["policies"].items():
-        g, m = r.get("gold"), r["rm"]
-        gold = f"gold {g['mean']:.3f} [{g['lo']:.3f}, {g['hi']:.3f}]  " if g else ""
-        print(f"{name:5s} {gold}RM {m['mean']:+.2f}  terminated {r['terminated']:.0%}")
-    for name, w in summary["rm_win_rates"].items():
-        print(f"RM win rate {name}: {w['mean']:.0%} [{w['lo']:.0%}, {w['hi']:.0%}]")

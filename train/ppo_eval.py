@@ -27,7 +27,7 @@ from data import chat
 from model import sampler
 from train import rl_math
 from train.best_of_n import print_table, run_best_of_n
-from train.distributed import to_host
+from train.distributed import is_primary, to_host
 from train.metrics import write_json
 
 
@@ -159,8 +159,9 @@ def run_eval(r, state, policy, iteration: int, writer, extras) -> tuple[int, dic
     for i, p in enumerate(r.prompts.heldout[:4]):
         gold = f"gold {ev['gold'][i]:.2f}, " if "gold" in ev else ""
         lines.append(f"Q: {p.text}\nA: {ev['texts'][i]!r}  ({gold}RM {ev['rm_score'][i]:+.2f})")
-    with open(os.path.join(r.workdir, "samples.txt"), "a") as f:
-        f.write("\n".join(lines) + "\n\n")
+    if is_primary():
+        with open(os.path.join(r.workdir, "samples.txt"), "a") as f:
+            f.write("\n".join(lines) + "\n\n")
     return iteration, ev
 
 
