@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from configs import common
+from configs.ppo import tiny as ppo_tiny
 from configs.pretrain import tiny as pretrain_tiny
 from configs.reward import tiny as reward_tiny
 from configs.sft import tiny as sft_tiny
@@ -164,8 +165,9 @@ def test_sft_with_its_greedy_answers_on_two_processes_equals_one(runs, tokenizer
     assert answers[0] == answers[1]
 
 
-def test_reward_model_on_two_processes_equals_one(runs, tokenizer):
-    """Bradley-Terry steps, held-out accuracy and the normalisation fit on 2 processes."""
+@pytest.fixture(scope="module")
+def reward_runs(runs, tokenizer):
+    """A reward model (trunk: the pretraining run) trained on 1 and on 2 processes."""
     _, tmp, one, _, _ = runs
     prompts = [f"What is {i} plus {i}?" for i in range(24)]
     rows = [{"prompt": p, "chosen": f"{2 * i}.", "rejected": f"It is {i}, I think."}
@@ -186,8 +188,41 @@ def test_reward_model_on_two_processes_equals_one(runs, tokenizer):
     folders = {n: str(tmp / f"rm{n}") for n in (1, 2)}
     for n, folder in folders.items():
         run(train_cmd(cfg, folder), tmp, n, f"rm{n}")
-    a, b = (smoke.without_times(smoke.summary(folders[n], ".")) for n in (1, 2))
-    np.testing.assert_allclose([x for _, x in losses(folders[2])],
-                               [x for _, x in losses(folders[1])], rtol=1e-5)
+    return folders
+
+
+def test_reward_model_on_two_processes_equals_one(reward_runs):
+    """Bradley-Terry steps, held-out accuracy and the normalisation fit on 2 processes."""
+    a, b = (smoke.without_times(smoke.summary(reward_runs[n], ".")) for n in (1, 2))
+    np.testing.assert_allclose([x for _, x in losses(reward_runs[2])],
+                               [x for _, x in losses(reward_runs[1])], rtol=1e-5)
     assert a["heldout_accuracy"] == b["heldout_accuracy"]
     np.testing.assert_allclose(b["heldout_loss"], a["heldout_loss"], rtol=1e-5)
+
+
+def test_ppo_on_two_processes_equals_one(runs, reward_runs, tokenizer):
+    """Rollouts, scores, updates, held-out evaluation and best-of-n: replies gathered from
+    both processes; the summaries agree to float rounding (KL within 1e-6 nats)."""
+    _, tmp, one, _, _ = runs
+    c = ppo_tiny.get_config()
+    with c.unlocked():
+        c.model = common.model_config("test", vocab_size=384, max_seq_len=64)
+    c.data.tokenizer, c.sft_from, c.reward_from = tokenizer.path, one, reward_runs[1]
+    c.prompts.n_prompts = 32
+    c.rollout.batch_size, c.rollout.max_new_tokens = 8, 8
+    c.ppo.iterations, c.ppo.epochs, c.ppo.minibatches, c.ppo.eos_trick = 2, 1, 1, False
+    c.optim.warmup_steps, c.optim.lr = 0, 3e-3  # move the policy within two iterations
+    c.eval.update(dict(every=2, n_prompts=8))
+    c.best_of_n.update(dict(ns="1,2", n_prompts=4))
+    c.train.async_checkpoint = False
+    cfg = write_config(c, tmp / "ppo.json")
+    folders = {n: str(tmp / f"ppo{n}") for n in (1, 2)}
+    for n, folder in folders.items():
+        run(train_cmd(cfg, folder), tmp, n, f"ppo{n}")
+    a, b = (smoke.without_times(smoke.summary(folders[n], ".")) for n in (1, 2))
+    assert a["ppo"]["kl"] > 0.1  # the policy moved: the comparison is not of two copies
+    np.testing.assert_allclose(b["ppo"]["kl"], a["ppo"]["kl"], atol=1e-6)
+    for side in ("sft", "ppo"):
+        assert {k: v for k, v in a[side].items() if k != "kl"} == \
+            {k: v for k, v in b[side].items() if k != "kl"}
+    assert a["best_of_n"] == b["best_of_n"]
