@@ -47,9 +47,11 @@ def rank_env(n: int, rank: int, devices: int, port: int, timeout_s: int) -> dict
 
 def launch(module_args: list[str], n: int = 2, devices: int = 4, timeout: float = 300,
            log_dir: str | None = None, barrier_timeout_s: int = 60,
-           kill_rank: tuple[int, float] | None = None) -> list[Rank]:
+           kill_rank: tuple[int, float] | None = None,
+           rank_args: dict | None = None) -> list[Rank]:
     """Runs `python -m <module_args>` as n ranks; returns each rank's exit code and log.
-    kill_rank=(rank, seconds): SIGKILL that rank after that long (fault tests)."""
+    kill_rank=(rank, seconds): SIGKILL that rank after that long; rank_args={rank: [args]}:
+    extra arguments for one rank (fault tests)."""
     log_dir = log_dir or smoke.ROOT
     port, procs, logs = free_port(), [], []
     for rank in range(n):
@@ -57,7 +59,8 @@ def launch(module_args: list[str], n: int = 2, devices: int = 4, timeout: float 
         logs.append(path)
         with open(path, "w") as log:
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", *module_args], cwd=smoke.ROOT, stdout=log,
+                [sys.executable, "-m", *module_args, *(rank_args or {}).get(rank, [])],
+                cwd=smoke.ROOT, stdout=log,
                 stderr=subprocess.STDOUT, env=rank_env(n, rank, devices, port, barrier_timeout_s),
                 start_new_session=True))
     start, killed = time.monotonic(), False

@@ -165,6 +165,30 @@ def test_sft_with_its_greedy_answers_on_two_processes_equals_one(runs, tokenizer
     assert answers[0] == answers[1]
 
 
+def test_processes_started_with_different_configs_are_refused(runs):
+    _, tmp, _, _, _ = runs
+    logs = tmp / "logs_mismatch"
+    logs.mkdir()
+    ranks = multiprocess.launch(train_cmd(tmp / "cfg.json", str(tmp / "mismatch")), n=2,
+                                devices=4, log_dir=str(logs), timeout=120, barrier_timeout_s=15,
+                                rank_args={1: ["--config.optim.lr=0.5"]})
+    assert ranks[1].code == 2, ranks[1].log[-2000:]
+    assert "process 1 was started with another config than process 0" in ranks[1].log
+    assert ranks[0].code not in (0, None)  # no training happened on half a cluster
+    assert not os.path.exists(tmp / "mismatch" / "ckpt")
+
+
+def test_an_unreachable_coordinator_is_a_one_line_error_within_the_timeout(tmp_path):
+    env = multiprocess.rank_env(2, 1, 4, multiprocess.free_port(), timeout_s=5)
+    cmd = [smoke.sys.executable, "-m", "scripts.train", "--config=configs/pretrain/tiny.py",
+           f"--workdir={tmp_path}"]
+    r = smoke.subprocess.run(cmd, cwd=smoke.ROOT, env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "jax.distributed could not start (coordinator localhost:" in r.stderr
+    assert "process 1 of 2, timeout 5 s" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 @pytest.fixture(scope="module")
 def reward_runs(runs, tokenizer):
     """A reward model (trunk: the pretraining run) trained on 1 and on 2 processes."""

@@ -72,6 +72,8 @@ def initialize() -> None:
                 raise DistributedError(
                     f"JAX_NUM_PROCESSES={n} needs JAX_COORDINATOR_ADDRESS (host:port of process "
                     "0) and JAX_PROCESS_ID (0 .. N-1) too")
+            if int(os.environ["JAX_PROCESS_ID"]) != 0:  # the runtime aborts (no exception)
+                _wait_for_coordinator(address, n)  # when it cannot reach it: look first
             jax.distributed.initialize(
                 address, int(n), int(os.environ["JAX_PROCESS_ID"]),
                 cluster_detection_method="deactivate", initialization_timeout=timeout_s(),
@@ -98,6 +100,27 @@ def process_index() -> int:
     import jax
 
     return 0 if _client() is None else jax.process_index()
+
+
+def _wait_for_coordinator(address: str, n) -> None:
+    """Until process 0's coordination service accepts TCP connections, or the timeout."""
+    import socket
+    import time
+
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout_s()
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise DistributedError(
+                    f"jax.distributed could not start (coordinator {address}, process "
+                    f"{os.environ.get('JAX_PROCESS_ID')} of {n}, timeout {timeout_s()} s): "
+                    "nothing listens there; is process 0 running, and is the address its "
+                    "host's?") from None
+            time.sleep(0.5)
 
 
 def is_primary() -> bool:
