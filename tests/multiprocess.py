@@ -12,6 +12,7 @@ instead of stopping the suite.
 """
 
 import dataclasses
+import json
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ import sys
 import time
 
 from tests import smoke
+from train import metrics
 
 
 @dataclasses.dataclass
@@ -86,3 +88,29 @@ def _stop(procs) -> None:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
         p.wait()
+
+
+# ---------------------------------------------------------------- what the tests share
+
+
+def train_cmd(cfg_path, workdir):
+    return ["scripts.train", f"--config=configs/resolved.py:{cfg_path}", f"--workdir={workdir}"]
+
+
+def write_config(c, path):
+    path.write_text(json.dumps(c.to_dict()))
+    return str(path)
+
+
+def run(cmd, tmp_path, n, name):
+    """`cmd` on n ranks (8 devices in all), asserting that every rank exits 0."""
+    logs = tmp_path / f"logs_{name}"
+    logs.mkdir()
+    ranks = launch(cmd, n=n, devices=8 // n, log_dir=str(logs), timeout=400)
+    for r in ranks:
+        assert r.code == 0, f"{name}: a rank exited {r.code}:\n{r.log[-3000:]}"
+    return ranks
+
+
+def losses(workdir):
+    return [(r["step"], r["loss"]) for r in metrics.read_metrics(workdir, "train")]

@@ -112,8 +112,8 @@ def test_overfitting_one_batch_drives_loss_near_zero():
     assert float(m["loss"]) < 0.05
 
 
-def _fit(workdir, steps_done, kill_at=None):
-    state, state_sh, step = _trainer(ONE, steps=6)
+def _fit(workdir, steps_done, kill_at=None, mesh=ONE):
+    state, state_sh, step = _trainer(mesh, steps=6)
     cfg = common.train_config(steps=6, ckpt_every=2, log_every=1, eval_every=100,
                               async_checkpoint=True)
     return fit(workdir=workdir, cfg=cfg, state=state, state_sh=state_sh, step_fn=step,
@@ -140,6 +140,23 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path):
     assert checkpoint.tree_equal(full.state.rng, resumed.state.rng)
     cut = _train_losses(str(tmp_path / "cut"))
     assert all(cut[s] == v for s, v in _train_losses(str(tmp_path / "full")).items())
+
+
+@pytest.mark.parametrize("other", [{"data": 2, "fsdp": 2, "tensor": 2},
+                                   {"data": 1, "fsdp": 4, "tensor": 1}])
+def test_a_run_resumes_on_another_mesh_and_device_count(tmp_path, other):
+    """Saved on (1, 8, 1), resumed on `other`: orbax restores onto the target shardings the
+    rules table gives the new mesh. Not bitwise: another mesh sums in another order."""
+    eight = {"data": 1, "fsdp": 8, "tensor": 1}
+    _fit(str(tmp_path / "full"), 6, mesh=eight)
+    first = _fit(str(tmp_path / "cut"), 6, kill_at=3, mesh=eight)
+    assert first.interrupted and first.step == 4
+    resumed = _fit(str(tmp_path / "cut"), 6, mesh=other)
+    assert resumed.step == 6
+    leaf = jax.tree.leaves(resumed.state.params)[0]
+    assert dict(leaf.sharding.mesh.shape) == other  # restored onto the new mesh
+    full, cut = _train_losses(str(tmp_path / "full")), _train_losses(str(tmp_path / "cut"))
+    np.testing.assert_allclose([cut[s] for s in (5, 6)], [full[s] for s in (5, 6)], rtol=1e-5)
 
 
 def test_nan_loss_stops_with_step_named_and_keeps_last_good_checkpoint(tmp_path):
