@@ -124,6 +124,7 @@ def model_config(size: str, **overrides) -> ml_collections.ConfigDict:
         attention="einsum",
         attention_chunk=0,
         scan_unroll=1,
+        vocab_parallel_chunk=0,
     )
     cfg.update(MODEL_SIZES[size])
     cfg.update(overrides)

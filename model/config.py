@@ -55,6 +55,10 @@ class ModelConfig:
     # 1 keeps a loop; n_layers unrolls it fully (no loop, no zero-filled stacked residuals).
     # Decoding always keeps the loop.
     scan_unroll: int = 1
+    # Cross-entropy of pretraining and SFT from model/vocab_parallel.py (vocabulary over the
+    # "tensor" axis, tokens in chunks of this many per batch shard, no [tokens, vocab] logits)
+    # instead of the full logits. 0: the full logits.
+    vocab_parallel_chunk: int = 0
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
@@ -70,6 +74,9 @@ class ModelConfig:
             raise ValueError(f"model.attention={self.attention!r}: 'einsum' or 'dot_product'")
         if self.attention_chunk < 0:
             raise ValueError(f"model.attention_chunk={self.attention_chunk} must be >= 0")
+        if self.vocab_parallel_chunk < 0:
+            raise ValueError(
+                f"model.vocab_parallel_chunk={self.vocab_parallel_chunk} must be >= 0")
         if self.scan_unroll < 1:
             raise ValueError(f"model.scan_unroll={self.scan_unroll} must be >= 1")
         if self.rope_type not in ROPE_TYPES:

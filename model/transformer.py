@@ -198,7 +198,10 @@ class Transformer(nn.Module):
     head: str = "lm"
 
     @nn.compact
-    def __call__(self, tokens_BxL, positions_BxL, segment_ids_BxL, cache: Cache | None = None):
+    def __call__(self, tokens_BxL, positions_BxL, segment_ids_BxL, cache: Cache | None = None,
+                 hidden: bool = False):
+        """hidden=True (training, head "lm"): the final-norm states x_BxLxD instead of logits,
+        for losses that apply the head themselves (model/vocab_parallel.py)."""
         cfg = self.cfg
         embed = nn.Embed(
             cfg.vocab_size,
@@ -211,6 +214,8 @@ class Transformer(nn.Module):
         slots_BxL, kv, shared = self._slots_and_cache(positions_BxL, segment_ids_BxL, cache)
         x_BxLxD, new_kv = self._layers(x_BxLxD, shared, kv)
         x_BxLxD = RMSNorm(cfg.norm_eps, cfg.dtype, name="norm")(x_BxLxD)
+        if hidden and cache is None:
+            return x_BxLxD
         out = self._head(x_BxLxD, embed)
         if cache is None:
             return out

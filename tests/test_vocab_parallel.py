@@ -52,3 +52,41 @@ def test_tokens_must_split_over_the_batch_axes():
     h, w, t = inputs(32)
     with pytest.raises(ValueError, match="47 tokens do not split over data x fsdp = 8"):
         vocab_parallel_stats(h[:47], w, t[:47], mesh)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_lm_loss_from_vocab_parallel_equals_the_full_logits(tied):
+    """train/losses.make_lm_loss with model.vocab_parallel_chunk on a (1, 2, 4) mesh: the same
+    loss and gradients as the full logits (the pretraining and SFT loss)."""
+    import dataclasses
+
+    from configs import common
+    from model.config import ModelConfig
+    from model.transformer import Transformer
+    from train import losses
+
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
+    rules = sharding.make_rules()
+    dense_cfg = ModelConfig.from_config(common.model_config("test", tie_embeddings=tied,
+                                                            n_kv_heads=4))
+    chunked_cfg = dataclasses.replace(dense_cfg, vocab_parallel_chunk=8)
+    ones = jnp.ones((1, 8), jnp.int32)
+    params, _ = sharding.init_params(
+        lambda r: Transformer(dense_cfg).init(r, ones, ones, ones)["params"], jax.random.key(0),
+        mesh, rules)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, dense_cfg.vocab_size, (4, 17)).astype(np.int32)
+    batch = dict(tokens=tokens[:, :-1], targets=tokens[:, 1:],
+                 positions=np.broadcast_to(np.arange(16), (4, 16)).astype(np.int32),
+                 segment_ids=np.ones((4, 16), np.int32),
+                 loss_mask=(rng.random((4, 16)) < 0.8).astype(np.int32))
+    out = {}
+    for name, cfg in (("dense", dense_cfg), ("chunked", chunked_cfg)):
+        loss_fn = losses.make_lm_loss(Transformer(cfg))
+        with sharding.activate(mesh, rules):
+            out[name] = jax.jit(jax.value_and_grad(
+                lambda p, f=loss_fn: f(p, batch, None)[0]))(params)
+    np.testing.assert_allclose(float(out["chunked"][0]), float(out["dense"][0]), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(out["chunked"][1]), jax.tree.leaves(out["dense"][1]),
+                    strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

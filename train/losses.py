@@ -3,6 +3,8 @@
 import jax
 import jax.numpy as jnp
 
+from model import vocab_parallel
+
 
 def token_cross_entropy(logits_BxLxV, targets_BxL):
     """-log softmax(logits)[target] per token, in fp32."""
@@ -12,16 +14,34 @@ def token_cross_entropy(logits_BxLxV, targets_BxL):
     return logz_BxL - target_logit
 
 
+def head_weight(params, cfg):
+    """The LM head as a [D, V] matrix (the embedding table, transposed, when tied)."""
+    if cfg.tie_embeddings:
+        return params["embed_tokens"]["embedding"].T
+    return params["lm_head"]["kernel"]
+
+
 def make_lm_loss(model):
-    """Next-token loss over rows {tokens, positions, segment_ids, targets, loss_mask}."""
+    """Next-token loss over rows {tokens, positions, segment_ids, targets, loss_mask}; from
+    model/vocab_parallel.py when model.vocab_parallel_chunk > 0 (same values)."""
+    chunk = model.cfg.vocab_parallel_chunk
+
+    def token_nll(params, batch):
+        args = (batch["tokens"], batch["positions"], batch["segment_ids"])
+        if not chunk:
+            return token_cross_entropy(model.apply({"params": params}, *args), batch["targets"])
+        h_BxLxD = model.apply({"params": params}, *args, hidden=True)
+        b, length, d = h_BxLxD.shape
+        w = head_weight(params, model.cfg).astype(h_BxLxD.dtype)
+        mesh = jax.sharding.get_abstract_mesh()
+        lse, target, _ = vocab_parallel.vocab_parallel_stats(
+            h_BxLxD.reshape(b * length, d), w, batch["targets"].reshape(-1), mesh, chunk=chunk)
+        return (lse - target).reshape(b, length)
 
     def loss_fn(params, batch, rng):
         del rng  # no dropout
-        logits = model.apply(
-            {"params": params}, batch["tokens"], batch["positions"], batch["segment_ids"]
-        )
         mask = batch["loss_mask"].astype(jnp.float32)
-        nll_BxL = token_cross_entropy(logits, batch["targets"]) * mask
+        nll_BxL = token_nll(params, batch) * mask
         loss = nll_BxL.sum()
         return loss, {"loss": loss, "weight": mask.sum()}
 
