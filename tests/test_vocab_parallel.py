@@ -90,3 +90,37 @@ def test_the_lm_loss_from_vocab_parallel_equals_the_full_logits(tied):
     for a, b in zip(jax.tree.leaves(out["chunked"][1]), jax.tree.leaves(out["dense"][1]),
                     strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_ppo_log_probs_and_entropy_from_vocab_parallel_equal_the_full_logits():
+    """train/ppo_phases._lm_logp (rollout scoring and the update) with the primitive, at a
+    temperature, on a (1, 2, 4) mesh."""
+    import dataclasses
+    import types
+
+    from configs import common
+    from model.config import ModelConfig
+    from model.transformer import Transformer
+    from train import ppo_phases
+
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
+    rules = sharding.make_rules()
+    dense_cfg = ModelConfig.from_config(common.model_config("test", n_kv_heads=4))
+    ones = jnp.ones((1, 8), jnp.int32)
+    params, _ = sharding.init_params(
+        lambda r: Transformer(dense_cfg).init(r, ones, ones, ones)["params"], jax.random.key(1),
+        mesh, rules)
+    hp = types.SimpleNamespace(prompt_len=6, max_new_tokens=10, temperature=0.7)
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, dense_cfg.vocab_size, (8, 16)).astype(np.int32)
+    batch = dict(tokens=tokens, positions=np.broadcast_to(np.arange(16), (8, 16)).astype(np.int32),
+                 segments=np.ones((8, 16), np.int32), response=tokens[:, 6:],
+                 mask=(rng.random((8, 10)) < 0.9).astype(np.float32))
+    out = {}
+    for chunk in (0, 16):
+        cfg = dataclasses.replace(dense_cfg, vocab_parallel_chunk=chunk)
+        with sharding.activate(mesh, rules):
+            out[chunk] = jax.jit(lambda p, c=cfg: ppo_phases._lm_logp(c, p, batch, hp, True))(
+                params)
+    for a, b in zip(out[16], out[0], strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)

@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from model import sharding
+from model import sharding, vocab_parallel
 from model.config import ModelConfig
 from model.transformer import Transformer
-from train import rl_math
+from train import losses, rl_math
 
 
 @flax.struct.dataclass
@@ -111,10 +111,21 @@ def response_slice(x_BxL, p: int, t: int):
 
 
 def _lm_logp(cfg, params, batch, hp, with_entropy=False):
-    """Tempered log π(response token) per position, and optionally the per-token entropy."""
-    logits = Transformer(cfg).apply(
-        {"params": params}, batch["tokens"], batch["positions"], batch["segments"]
-    )
+    """Tempered log π(response token) per position, and optionally the per-token entropy;
+    from model/vocab_parallel.py when model.vocab_parallel_chunk > 0 (same values, no
+    [B, T, V] logits)."""
+    args = (batch["tokens"], batch["positions"], batch["segments"])
+    if cfg.vocab_parallel_chunk:
+        h = Transformer(cfg).apply({"params": params}, *args, hidden=True)
+        h_BxTxD = response_slice(h, hp.prompt_len, hp.max_new_tokens)
+        b, t, d = h_BxTxD.shape
+        lse, target, ent = vocab_parallel.vocab_parallel_stats(
+            h_BxTxD.reshape(b * t, d), losses.head_weight(params, cfg).astype(h.dtype),
+            batch["response"].reshape(-1), jax.sharding.get_abstract_mesh(), hp.temperature,
+            cfg.vocab_parallel_chunk)
+        ent = ent.reshape(b, t) if with_entropy else None
+        return (target - lse).reshape(b, t) * batch["mask"], ent
+    logits = Transformer(cfg).apply({"params": params}, *args)
     logits_BxTxV = response_slice(logits, hp.prompt_len, hp.max_new_tokens)
     logp_BxT = rl_math.compute_token_logprobs(logits_BxTxV, batch["response"], hp.temperature)
     ent = rl_math.compute_entropy(logits_BxTxV, hp.temperature) if with_entropy else None
