@@ -49,11 +49,11 @@ def rank_env(n: int, rank: int, devices: int, port: int, timeout_s: int) -> dict
 
 def launch(module_args: list[str], n: int = 2, devices: int = 4, timeout: float = 300,
            log_dir: str | None = None, barrier_timeout_s: int = 60,
-           kill_rank: tuple[int, float] | None = None,
+           kill_rank: tuple[int, str] | None = None,
            rank_args: dict | None = None) -> list[Rank]:
     """Runs `python -m <module_args>` as n ranks; returns each rank's exit code and log.
-    kill_rank=(rank, seconds): SIGKILL that rank after that long; rank_args={rank: [args]}:
-    extra arguments for one rank (fault tests)."""
+    kill_rank=(rank, text): SIGKILL that rank once its log shows `text`; rank_args={rank:
+    [args]}: extra arguments for one rank (fault tests)."""
     log_dir = log_dir or smoke.ROOT
     port, procs, logs = free_port(), [], []
     for rank in range(n):
@@ -67,7 +67,7 @@ def launch(module_args: list[str], n: int = 2, devices: int = 4, timeout: float 
                 start_new_session=True))
     start, killed = time.monotonic(), False
     while any(p.poll() is None for p in procs) and time.monotonic() - start < timeout:
-        if kill_rank and not killed and time.monotonic() - start > kill_rank[1]:
+        if kill_rank and not killed and kill_rank[1] in open(logs[kill_rank[0]]).read():
             procs[kill_rank[0]].kill()
             killed = True
         time.sleep(0.2)

@@ -3,6 +3,7 @@
 import dataclasses
 import glob
 import os
+import shutil
 import signal
 
 import jax
@@ -142,20 +143,31 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path):
     assert all(cut[s] == v for s, v in _train_losses(str(tmp_path / "full")).items())
 
 
+@pytest.fixture(scope="module")
+def saved_on_eight(tmp_path_factory):
+    """(losses of an uninterrupted 6-step run, folder of a run stopped at step 4), both on
+    mesh (1, 8, 1)."""
+    root = tmp_path_factory.mktemp("eight")
+    eight = {"data": 1, "fsdp": 8, "tensor": 1}
+    _fit(str(root / "full"), 6, mesh=eight)
+    first = _fit(str(root / "cut"), 6, kill_at=3, mesh=eight)
+    assert first.interrupted and first.step == 4
+    return _train_losses(str(root / "full")), str(root / "cut")
+
+
 @pytest.mark.parametrize("other", [{"data": 2, "fsdp": 2, "tensor": 2},
                                    {"data": 1, "fsdp": 4, "tensor": 1}])
-def test_a_run_resumes_on_another_mesh_and_device_count(tmp_path, other):
+def test_a_run_resumes_on_another_mesh_and_device_count(saved_on_eight, tmp_path, other):
     """Saved on (1, 8, 1), resumed on `other`: orbax restores onto the target shardings the
     rules table gives the new mesh. Not bitwise: another mesh sums in another order."""
-    eight = {"data": 1, "fsdp": 8, "tensor": 1}
-    _fit(str(tmp_path / "full"), 6, mesh=eight)
-    first = _fit(str(tmp_path / "cut"), 6, kill_at=3, mesh=eight)
-    assert first.interrupted and first.step == 4
-    resumed = _fit(str(tmp_path / "cut"), 6, mesh=other)
+    full, saved = saved_on_eight
+    folder = str(tmp_path / "cut")
+    shutil.copytree(saved, folder)
+    resumed = _fit(folder, 6, mesh=other)
     assert resumed.step == 6
     leaf = jax.tree.leaves(resumed.state.params)[0]
     assert dict(leaf.sharding.mesh.shape) == other  # restored onto the new mesh
-    full, cut = _train_losses(str(tmp_path / "full")), _train_losses(str(tmp_path / "cut"))
+    cut = _train_losses(folder)
     np.testing.assert_allclose([cut[s] for s in (5, 6)], [full[s] for s in (5, 6)], rtol=1e-5)
 
 
