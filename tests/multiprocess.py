@@ -39,7 +39,7 @@ def free_port() -> int:
 def rank_env(n: int, rank: int, devices: int, port: int, timeout_s: int) -> dict:
     env = dict(smoke.ENV, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
                JAXCHAT_DISTRIBUTED_TIMEOUT=str(timeout_s))
-    for key in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
+    for key in ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
         env.pop(key, None)  # only the explicit start-up here
     if n > 1:
         env.update(JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(rank),

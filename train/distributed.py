@@ -9,8 +9,9 @@ Start-up (nothing happens in a single-process run):
   explicit   JAX_NUM_PROCESSES=N, JAX_PROCESS_ID=i, JAX_COORDINATOR_ADDRESS=host:port — local
              tests (tests/multiprocess.py) and any launcher that sets them; cluster detection
              is switched off, so a SLURM allocation around a local test cannot interfere;
-  detected   SLURM (SLURM_NTASKS > 1), Open MPI (OMPI_COMM_WORLD_SIZE > 1) and multi-host TPU
-             slices (TPU_WORKER_HOSTNAMES with several hosts), or JAXCHAT_DISTRIBUTED=auto
+  detected   SLURM (an srun step of several tasks: SLURM_STEP_NUM_TASKS > 1), Open MPI
+             (OMPI_COMM_WORLD_SIZE > 1) and multi-host TPU slices (TPU_WORKER_HOSTNAMES
+             with several hosts), or JAXCHAT_DISTRIBUTED=auto
              (a TPU VM pod slice, where no variable says so): jax.distributed.initialize()
              reads the cluster's own variables (scripts/launch_slurm.sh).
 JAXCHAT_DISTRIBUTED_TIMEOUT (seconds, default 300) bounds start-up and every barrier, so a rank
@@ -39,7 +40,9 @@ def timeout_s() -> int:
 
 def _cluster_size() -> int:
     """Processes a cluster launcher started (1 when there is no cluster)."""
-    for key in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+    # the srun step's task count, not the allocation's: a plain `python` in an salloc shell
+    # of 4 tasks is one process
+    for key in ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE"):
         if os.environ.get(key, "").isdigit():
             return int(os.environ[key])
     hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
