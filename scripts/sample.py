@@ -9,9 +9,10 @@ message (data/chat.py rules). Other keys are kept. Each output row is the input 
   "terminated"  whether the reply closed its turn (false: cut at --max_new_tokens),
   "gold"        data.tasks.gold of the reply when the last user message is a task prompt
                 (data.tasks.gold_for_prompt recognises it), else null.
-Malformed rows are reported as file:line and skipped; more than --max_bad_fraction of them
-stop the run (data/dialogues.py read_jsonl). Prompts go through train.generation.ChatGenerator
-in fixed-size batches.
+On several processes (README "Running on several hosts") every process reads the prompts and
+holds every reply; process 0 writes --out. Malformed rows are reported as file:line and
+skipped; more than --max_bad_fraction of them stop the run (data/dialogues.py read_jsonl).
+Prompts go through train.generation.ChatGenerator in fixed-size batches.
 """
 
 import argparse
@@ -26,6 +27,7 @@ from data import tasks as tasks_lib
 from scripts.chat import load_run
 from train import cli
 from train.generation import ChatGenerator
+from train.metrics import atomic_write
 
 
 def parse_prompt_row(obj, where: str):
@@ -104,9 +106,8 @@ def main(argv=None) -> list[dict]:
         raise ValueError(f"{args.prompts}: no prompts")
     loaded = load_run(args.workdir, args.config, args.tokenizer)
     rows = sample_rows(loaded, items, args)
-    with open(args.out, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    # every process sampled every row (gathered); process 0 writes the file, once
+    atomic_write(args.out, "".join(json.dumps(row) + "\n" for row in rows))
     golds = [r["gold"] for r in rows if r["gold"] is not None]
     mean_gold = f", mean gold {np.mean(golds):.3f} over {len(golds)} task prompts" if golds else ""
     print(
@@ -117,4 +118,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    cli.run_argparse(main)
+    cli.run_argparse(main, multiprocess=True)

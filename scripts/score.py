@@ -17,6 +17,7 @@ from data import chat, dialogues
 from data.tokenizer import check_vocab, load_tokenizer
 from train import cli, reward, reward_data
 from train import setup as setup_lib
+from train.metrics import atomic_write
 
 _RUN = flags.DEFINE_string("run", None, "reward model run folder (config.json + ckpt/)")
 _INPUT = flags.DEFINE_string("input", None, "JSONL of conversations")
@@ -71,9 +72,9 @@ def score_file(
     )
     seqs = [reward_data.render_reply(tok, p, r, t)[0] for _, p, r, t in rows]
     rewards = [float(x) for x in norm(scorer(params, seqs))]
-    with open(out_path, "w", encoding="utf-8") as f:
-        for (obj, *_), value in zip(rows, rewards, strict=True):
-            f.write(json.dumps({**obj, "reward": value}, ensure_ascii=False) + "\n")
+    atomic_write(out_path, "".join(  # process 0 writes; every process holds every score
+        json.dumps({**obj, "reward": value}, ensure_ascii=False) + "\n"
+        for (obj, *_), value in zip(rows, rewards, strict=True)))
     return rewards
 
 

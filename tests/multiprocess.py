@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from tests import smoke
 from train import metrics
@@ -49,10 +50,11 @@ def rank_env(n: int, rank: int, devices: int, port: int, timeout_s: int) -> dict
 
 def launch(module_args: list[str], n: int = 2, devices: int = 4, timeout: float = 300,
            log_dir: str | None = None, barrier_timeout_s: int = 60,
-           kill_rank: tuple[int, str] | None = None,
+           kill_rank: tuple[int, str | Callable[[], bool]] | None = None,
            rank_args: dict | None = None) -> list[Rank]:
     """Runs `python -m <module_args>` as n ranks; returns each rank's exit code and log.
-    kill_rank=(rank, text): SIGKILL that rank once its log shows `text`; rank_args={rank:
+    kill_rank=(rank, text): SIGKILL that rank once its log shows `text` (or once a callable
+    returns True, e.g. a checkpoint exists); rank_args={rank:
     [args]}: extra arguments for one rank (fault tests)."""
     log_dir = log_dir or smoke.ROOT
     port, procs, logs = free_port(), [], []
@@ -67,13 +69,18 @@ def launch(module_args: list[str], n: int = 2, devices: int = 4, timeout: float 
                 start_new_session=True))
     start, killed = time.monotonic(), False
     while any(p.poll() is None for p in procs) and time.monotonic() - start < timeout:
-        if kill_rank and not killed and kill_rank[1] in open(logs[kill_rank[0]]).read():
+        if kill_rank and not killed and _kill_now(kill_rank, logs):
             procs[kill_rank[0]].kill()
             killed = True
         time.sleep(0.2)
     codes = [p.poll() for p in procs]
     _stop(procs)
     return [Rank(code, open(path).read()) for code, path in zip(codes, logs, strict=True)]
+
+
+def _kill_now(kill_rank, logs) -> bool:
+    rank, when = kill_rank
+    return when() if callable(when) else when in open(logs[rank]).read()
 
 
 def _stop(procs) -> None:

@@ -102,17 +102,31 @@ def test_a_checkpoint_moves_between_process_counts_and_resumes_exactly(runs, tok
     np.testing.assert_allclose([got[s] for s in (5, 6)], [want[s] for s in (5, 6)], rtol=1e-5)
 
 
-def test_a_dead_rank_is_an_error_not_a_hang(runs, tokenizer):
+def test_a_dead_rank_is_an_error_not_a_hang_and_the_rerun_resumes_exactly(runs, tokenizer):
+    """Rank 1 is killed once the step-4 checkpoint exists: rank 0 stops by itself with a
+    reason; the same command then resumes from the checkpoint and every loss equals an
+    uninterrupted run's (1 process × 8 devices)."""
     config, tmp, _, _, _ = runs
-    cfg = write_config(pretrain_config(tokenizer, tmp, 200), tmp / "cfg200.json")
+    steps = 24  # long enough that the kill lands mid-run (checkpoints every 2 steps)
+    cfg = write_config(pretrain_config(tokenizer, tmp, steps), tmp / "cfg_dead.json")
+    dead, whole = str(tmp / "dead"), str(tmp / "whole")
     logs = tmp / "logs_dead"
     logs.mkdir()
-    ranks = multiprocess.launch(train_cmd(cfg, str(tmp / "dead")), n=2, devices=4,
-                                log_dir=str(logs), timeout=200, barrier_timeout_s=20,
-                                kill_rank=(1, "it/s"))  # once training has started
+    ranks = multiprocess.launch(train_cmd(cfg, dead), n=2, devices=4, log_dir=str(logs),
+                                timeout=200, barrier_timeout_s=20,
+                                kill_rank=(1, lambda: os.path.isdir(f"{dead}/ckpt/4")))
     assert ranks[1].code == -9
     assert ranks[0].code not in (0, None), ranks[0].log[-2000:]  # it stopped by itself ...
     assert "another task died" in ranks[0].log or "heartbeat" in ranks[0].log  # ... and why
+    rerun = run(train_cmd(cfg, dead), tmp, 2, "dead_rerun")
+    assert "resumed from" in rerun[0].log, rerun[0].log[-2000:]
+    run(train_cmd(cfg, whole), tmp, 1, "whole")
+    got, want = dict(losses(dead)), dict(losses(whole))
+    assert sorted(got) == sorted(want) == list(range(1, steps + 1))
+    np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-5)
+    a, b = final_params(config, dead), final_params(config, whole)
+    for name in b:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 def test_processes_started_with_different_configs_are_refused(runs):

@@ -5,6 +5,7 @@ tests/test_multiprocess.py on another xdist worker)."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -120,3 +121,31 @@ def test_ppo_on_two_processes_equals_one(base, reward_runs, tokenizer):
         assert {k: v for k, v in a[side].items() if k != "kl"} == \
             {k: v for k, v in b[side].items() if k != "kl"}
     assert a["best_of_n"] == b["best_of_n"]
+
+
+def test_sample_and_score_scripts_on_two_processes_equal_one(base, reward_runs, tmp_path,
+                                                             tokenizer):
+    """scripts.sample (the LM run) and scripts.score (the reward model): both processes hold
+    every row, process 0 writes the file, and it equals the 1-process file byte for byte."""
+    one = str(tmp_path / "lm")
+    shutil.copytree(base[1], one)  # the LM checkpoint as a run folder (with its config.json)
+    c = sft_tiny.get_config()
+    with c.unlocked():
+        c.model = common.model_config("test", **MODEL)
+    c.data.tokenizer = tokenizer.path
+    write_config(c, tmp_path / "lm" / "config.json")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"What is {i} plus 2?", "id": i}) + "\n"
+                               for i in range(12)))
+    out = {}
+    for n in (1, 2):
+        sampled, scored = tmp_path / f"sampled{n}.jsonl", tmp_path / f"scored{n}.jsonl"
+        ranks = run(["scripts.sample", f"--workdir={one}", f"--prompts={prompts}",
+                     f"--out={sampled}", "--max_new_tokens=8", "--batch_size=8"],
+                    tmp_path, n, f"sample{n}")
+        ranks += run(["scripts.score", f"--run={reward_runs[1]}", f"--input={sampled}",
+                      f"--output={scored}", "--batch_size=8"], tmp_path, n, f"score{n}")
+        assert n == 1 or all("process 1 of 2" in r.log for r in ranks[1::2]), ranks[1].log
+        out[n] = sampled.read_text(), scored.read_text()
+    assert len(out[1][1].splitlines()) == 12
+    assert out[1] == out[2]

@@ -66,10 +66,15 @@ def run(main, argv=None, multiprocess: bool = True):
         raise
 
 
-def run_argparse(main, argv=None):
-    """The same error path for the argparse entry points (chat, sample)."""
+def run_argparse(main, argv=None, multiprocess: bool = False):
+    """The same error path for the argparse entry points (chat, sample); multiprocess: start
+    jax.distributed as `run` does (chat talks to one terminal, so it never does)."""
     argv, debug = _prologue(sys.argv[1:] if argv is None else argv)
     with _error_path(argv, debug):
+        if multiprocess and not any(a in HELP_FLAGS for a in argv):
+            from train import distributed
+
+            distributed.initialize()
         return main(argv)
 
 

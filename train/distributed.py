@@ -91,6 +91,9 @@ def initialize() -> None:
             f"jax.distributed could not start (coordinator {where}, process "
             f"{os.environ.get('JAX_PROCESS_ID', '?')} of {n or _cluster_size()}, timeout "
             f"{timeout_s()} s): {str(e).splitlines()[0][:300]}") from None
+    if _client() is not None:
+        print(f"jax.distributed: process {jax.process_index()} of {jax.process_count()}, "
+              f"{jax.local_device_count()} of {jax.device_count()} devices", flush=True)
 
 
 def process_count() -> int:
