@@ -31,7 +31,7 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from train import cli
+from train import cli, stage_cache
 from train import fingerprint as fp
 from train.metrics import atomic_write, write_json
 
@@ -42,6 +42,7 @@ READS = {  # the stages whose results each stage reads
     "ppo": ("tokenizer", "sft", "reward"), "evaluate": ("pretrain", "sft", "reward", "ppo"),
     "report": ("pretrain", "sft", "collect", "reward", "ppo", "evaluate"),
 }
+CACHED = STAGES[:6]  # evaluate and report are the pipeline's own
 COLLECT_KEYS = ("collect", "init_from", "model", "mesh", "seed")  # what collection reads
 KEY_PREFIX = {"tokenizer": "pretrain.data.", "collect": "reward.", "evaluate": "", "report": ""}
 
@@ -70,9 +71,10 @@ def resolve(c) -> dict:
     d = stage_dirs(c.workdir)
     tok = os.path.join(d["tokenizer"], "jaxchat.model")
     cfgs = {name: getattr(c, name) for name in ("pretrain", "sft", "reward", "ppo")}
-    for cfg in cfgs.values():
+    own = c.get("stage_seeds") or {}
+    for name, cfg in cfgs.items():
         cfg.data.tokenizer = tok
-        cfg.seed = c.seed
+        cfg.seed = c.seed if own.get(name, -1) == -1 else own[name]
     cfgs["pretrain"].data.cache_dir = c.cache_dir
     cfgs["sft"].data.cache_dir = c.cache_dir
     cfgs["sft"].init_from = d["pretrain"]
@@ -83,8 +85,10 @@ def resolve(c) -> dict:
     return cfgs
 
 
-def commands(c, cfgs) -> dict:
-    d, py = stage_dirs(c.workdir), [sys.executable, "-m"]
+def commands(c, cfgs, dirs: dict) -> dict:
+    """Each stage's command line; dirs: where each stage runs (a stage cache entry or
+    <workdir>/<stage>)."""
+    d, py = dirs, [sys.executable, "-m"]
     data = cfgs["pretrain"].data
     resolved = lambda name: f"configs/resolved.py:{d[name]}/stage_config.json"
     return {
@@ -108,9 +112,13 @@ def commands(c, cfgs) -> dict:
 
 
 def done_marker(name: str, root: str) -> str:
-    d = stage_dirs(root)
-    return {"tokenizer": f"{d['tokenizer']}/jaxchat.model", "report": f"{root}/report.md"}.get(
-        name, f"{d[name]}/summary.json")
+    return done_marker_in(name, stage_dirs(root)[name])
+
+
+def done_marker_in(name: str, folder: str) -> str:
+    """The file a stage writes last (its presence means the stage finished)."""
+    return os.path.join(folder, {"tokenizer": "jaxchat.model", "report": "report.md"}.get(
+        name, "summary.json"))
 
 
 # ------------------------------------------------------------------------------ the plan
@@ -170,7 +178,9 @@ def make_plan(c, cfgs, forced: set, only: set) -> list:
         old, done = read_record(root, name), os.path.exists(done_marker(name, root))
         same = old is not None and old.get("fingerprint") == rec["fingerprint"]
         started = done or (old is not None)
-        if name in forced:
+        if c.get("stage_cache") and name in CACHED:
+            action, reason = cached_action(c, name, rec, forced, only)
+        elif name in forced:
             action, reason = ("rerun" if started else "run"), "asked for"
         elif same:
             action, reason = ("skip" if done and name not in only else "resume"), ""
@@ -180,6 +190,28 @@ def make_plan(c, cfgs, forced: set, only: set) -> list:
             action, reason = "run", ""
         plan.append((name, action, rec, reason))
     return plan
+
+
+def cached_action(c, name, record, forced, only) -> tuple[str, str]:
+    """skip (linked and finished) | link (finished in the cache) | resume | run | rerun."""
+    entry = stage_cache.entry_path(c.stage_cache, name, record["fingerprint"])
+    here = stage_dirs(c.workdir)[name]
+    linked = os.path.islink(here) and os.path.realpath(here) == os.path.realpath(entry)
+    if name in forced:
+        return ("rerun" if os.path.exists(entry) else "run"), "asked for"
+    if os.path.exists(done_marker_in(name, entry)):
+        if name in only:
+            return "resume", ""
+        return ("skip" if linked else "link"), ""
+    return ("resume" if os.path.isdir(entry) else "run"), ""
+
+
+def cache_entries(c, plan) -> dict:
+    """{stage: its stage cache entry} ({} without a cache)."""
+    if not c.get("stage_cache"):
+        return {}
+    return {name: stage_cache.entry_path(c.stage_cache, name, rec["fingerprint"])
+            for name, _, rec, _ in plan if name in CACHED}
 
 
 def print_plan(plan):
@@ -218,7 +250,7 @@ def move_aside(name: str, root: str):
 
 def write_stage_inputs(c, cfgs, name, record):
     """stage_config.json (what the stage process reads) and the fingerprint record."""
-    configs = dict(cfgs, collect=cfgs["reward"])
+    configs = dict(cfgs, collect=cfgs["reward"]) if cfgs else {}
     if name in configs:
         os.makedirs(stage_dirs(c.workdir)[name], exist_ok=True)
         atomic_write(f"{stage_dirs(c.workdir)[name]}/stage_config.json",
@@ -280,8 +312,9 @@ def record_compute(root, name, record):
     write_json(path, compute)
 
 
-def execute(c, cfgs, plan):
-    cmds, start, ran = commands(c, cfgs), time.time(), False
+def execute(c, cfgs, plan, entries):
+    cmds = commands(c, cfgs, {**stage_dirs(c.workdir), **entries})
+    start, ran = time.time(), False
     for name, action, record, _ in plan:
         if _ONLY.value and name not in _ONLY.value:
             continue
@@ -291,11 +324,37 @@ def execute(c, cfgs, plan):
         if not ran:  # evaluate and report read it: written only when something runs
             atomic_write(f"{c.workdir}/pipeline_config.json", c.to_json(indent=2))
             ran = True
+        if name in entries:
+            run_cached(c, cfgs, name, action, record, entries[name], cmds[name])
+            continue
         if action == "rerun":
             move_aside(name, c.workdir)
         write_stage_inputs(c, cfgs, name, record)
         record_compute(c.workdir, name, run_stage(name, cmds[name]))
     print(f"\npipeline finished in {time.time() - start:.0f}s: {c.workdir}/report.md")
+
+
+def run_cached(c, cfgs, name, action, record, entry, cmd):
+    """Links <workdir>/<stage> to its cache entry; runs the stage there unless another
+    pipeline finished it (checked again once the entry's lock is ours)."""
+    root = c.workdir
+    with stage_cache.entry_lock(entry):
+        if action == "rerun":
+            stage_cache.set_aside(entry)
+        stage_cache.link(stage_dirs(root)[name], entry, lambda: move_aside(name, root))
+        compute_path = os.path.join(entry, "compute.json")
+        # finished by now (maybe by another pipeline while this one waited for the lock)
+        redo = action == "rerun" or name in (_ONLY.value or ())
+        if os.path.exists(done_marker_in(name, entry)) and not redo:
+            print(f"=== {name}: finished in the stage cache ({entry}), linked", flush=True)
+            write_stage_inputs(c, {}, name, record)  # the fingerprint record only
+            with open(compute_path) as f:
+                record_compute(root, name, {**json.load(f), "cached": True})
+            return
+        write_stage_inputs(c, cfgs, name, record)
+        compute = run_stage(name, cmd)
+        write_json(compute_path, compute)
+        record_compute(root, name, compute)
 
 
 def main(argv):
@@ -306,12 +365,14 @@ def main(argv):
     forced = set(STAGES[STAGES.index(_FROM.value):]) if _FROM.value else set()
     # reads every input file: a missing one fails here, before anything is moved or written
     plan = make_plan(c, cfgs, forced, set(_ONLY.value or ()))
+    entries = cache_entries(c, plan)  # the stages' configs then name entries, not this folder
+    stage_cache.relocate(cfgs, {stage_dirs(c.workdir)[n]: e for n, e in entries.items()})
     if _NO_RERUN.value:
         refuse_reruns(plan, c.workdir)
     print_plan(plan)
     with cli.folder_lock(c.workdir, "pipeline"):
         try:
-            execute(c, cfgs, plan)
+            execute(c, cfgs, plan, entries)
         except StageStopped as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(e.code)

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 
-LOCATION_KEYS = ("workdir", "cache_dir")  # where things go, not what is computed
+LOCATION_KEYS = ("workdir", "cache_dir", "stage_cache")  # where things go, not what is computed
 LOCAL_PREFIX = "local:"
 HASH_LIMIT = 256 << 20  # files above this are fingerprinted by size and mtime, not read
 

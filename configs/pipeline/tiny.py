@@ -20,7 +20,12 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.workdir = "runs/pipeline_tiny"
     c.seed = 0
+    # one stage's own seed (-1: `seed`), e.g. PPO seeds over one shared SFT and reward model
+    c.stage_seeds = ml_collections.ConfigDict(dict(pretrain=-1, sft=-1, reward=-1, ppo=-1))
     c.cache_dir = ""  # "" = $JAXCHAT_CACHE or cache/data
+    # "" = off; a folder: finished stages kept by fingerprint and shared by every pipeline
+    # that names it (train/stage_cache.py; sweeps set <sweep>/stages)
+    c.stage_cache = ""
     c.pretrain = pretrain.get_config()
     c.sft = sft.get_config()
     c.reward = reward.get_config()
