@@ -14,6 +14,10 @@ changed (`--no_rerun` refuses instead). An interrupted stage is simply run again
 from its own checkpoint. Results a rerun replaces are moved to `<workdir>/previous/<stage>`
 (one generation kept), never deleted before the new config and inputs have been checked.
 
+With `--config.stage_cache=DIR` (sweeps set it), each stage runs in DIR/<stage>-<fingerprint>
+and <workdir>/<stage> links to it: a stage some pipeline already finished with the same
+fingerprint is linked instead of run (train/stage_cache.py).
+
 SIGTERM/SIGINT to the pipeline go to the running stage, which saves a checkpoint; the pipeline
 waits for it and exits 130. A lock file refuses a second pipeline on the same folder. Exit
 statuses: 0 done, 1 a stage failed, 2 an expected error (one line), 130 interrupted.
@@ -26,12 +30,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import flags
 from ml_collections import config_flags
 
-from train import cli, stage_cache
+from train import cli, compile_cache, stage_cache
 from train import fingerprint as fp
 from train.metrics import atomic_write, write_json
 
@@ -259,24 +264,16 @@ def write_stage_inputs(c, cfgs, name, record):
     write_json(record_path(c.workdir, name), record)
 
 
-def _die_with_parent():
-    """In the stage process: SIGTERM when the pipeline dies, even by SIGKILL (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def run_stage(name, cmd) -> dict:
     """Runs one stage as a child process, forwarding SIGTERM/SIGINT to it; returns its wall
-    time and peak memory, or raises StageStopped."""
+    time, peak memory and compile time (train/compile_cache.py), or raises StageStopped."""
     print(f"\n=== {name}: {' '.join(cmd[2:])}", flush=True)
     start, received = time.time(), []
+    fd, compile_log = tempfile.mkstemp(prefix=f"jaxchat_{name}_", suffix=".json")
+    os.close(fd)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **{compile_cache.LOG_ENV: compile_log})
     # Its own session: a terminal's Ctrl-C reaches the pipeline only, which forwards it once.
-    proc = subprocess.Popen(cmd, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-                            start_new_session=True, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=cli.die_with_parent)
 
     def forward(signum, _frame):
         received.append(signum)
@@ -291,7 +288,8 @@ def run_stage(name, cmd) -> dict:
         for s, h in old.items():
             signal.signal(s, h)
     code = os.waitstatus_to_exitcode(status)
-    record = {"wall_s": time.time() - start, "max_rss_mb": usage.ru_maxrss / 1024, "exit": code}
+    record = {"wall_s": time.time() - start, "max_rss_mb": usage.ru_maxrss / 1024, "exit": code,
+              **_read_compile_log(compile_log)}
     if code == 0 and not received:
         return record
     if received or code in (cli.EXIT_INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
@@ -300,6 +298,18 @@ def run_stage(name, cmd) -> dict:
     if code == cli.EXIT_ERROR:
         raise StageStopped(f"pipeline stage {name!r} stopped on the error above", cli.EXIT_ERROR)
     raise StageStopped(f"pipeline stage {name!r} failed (exit {code})", 1)
+
+
+def _read_compile_log(path) -> dict:
+    """{compile_s, compiles, cache_hits} the stage wrote at exit ({} if it wrote nothing)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
 
 
 def record_compute(root, name, record):

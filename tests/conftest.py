@@ -8,6 +8,10 @@ os.environ["XLA_FLAGS"] = (
     + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# compiled programs persist across test runs and the stage processes tests start
+from train import compile_cache  # noqa: E402 - before jax, which reads the variables it sets
+
+compile_cache.enable()
 # transformers (parity tests only) must never reach for a model hub: every model is local
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -149,3 +150,33 @@ def test_sample_and_score_scripts_on_two_processes_equal_one(base, reward_runs, 
         out[n] = sampled.read_text(), scored.read_text()
     assert len(out[1][1].splitlines()) == 12
     assert out[1] == out[2]
+
+
+def test_hf_import_and_export_on_two_processes_equal_one(tmp_path):
+    """scripts.import_hf then scripts.export_hf on 2 processes: the same checkpoint as on one
+    (params bit for bit) and the same Hugging Face files, byte for byte, written once."""
+    from safetensors.numpy import load_file
+
+    from tests.test_hf import make_hf
+    from train import hf_interop
+
+    hf = tmp_path / "hf"
+    make_hf(str(hf))
+    params, files = {}, {}
+    for n in (1, 2):
+        imported, exported = tmp_path / f"imported{n}", tmp_path / f"exported{n}"
+        run(["scripts.import_hf", f"--hf_dir={hf}", f"--workdir={imported}",
+             "--max_seq_len=64"], tmp_path, n, f"import{n}")
+        run(["scripts.export_hf", f"--workdir={imported}", f"--out={exported}"],
+            tmp_path, n, f"export{n}")
+        params[n] = hf_interop.read_run(str(imported))[2]
+        files[n] = {p.name: p.read_bytes() for p in sorted(exported.iterdir())}
+    for a, b in zip(jax.tree.leaves(params[1]), jax.tree.leaves(params[2]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert files[1] == files[2] and "config.json" in files[1]
+    original = {k: v for p in hf.glob("*.safetensors") for k, v in load_file(str(p)).items()}
+    exported = {k: v for p in (tmp_path / "exported2").glob("*.safetensors")
+                for k, v in load_file(str(p)).items()}
+    assert exported.keys() == original.keys()
+    for name, value in original.items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)

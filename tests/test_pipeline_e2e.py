@@ -48,6 +48,10 @@ def test_every_stage_writes_finite_outputs(smoke_run):
     assert "programmatic labeller" in report and "| base |" in report
     compute = json.load(open(os.path.join(work, "compute.json")))
     assert set(STAGES) <= set(compute)
+    for stage in ("pretrain", "sft", "reward", "ppo"):  # each stage said what compiling cost
+        assert 0 < compute[stage]["compile_s"] < compute[stage]["wall_s"], compute[stage]
+        assert compute[stage]["compiles"] > 0
+    assert "of which compiling" in report
 
 
 def test_each_stage_consumes_the_previous_one(smoke_run):

@@ -31,6 +31,7 @@ def fingerprints(tmp_path, **overrides):
     ("reward.optim.lr", 7.7e-4, {"reward", "ppo", "evaluate", "report"}),
     ("sft.optim.lr", 7.7e-4, {"sft", "collect", "reward", "ppo", "evaluate", "report"}),
     ("seed", 1, set(pipeline.STAGES) - {"tokenizer"}),
+    ("pretrain.z_loss", 1e-4, set(pipeline.STAGES) - {"tokenizer"}),
     ("stage_cache", "/elsewhere", set()),  # where results go is not what they are
     ("cache_dir", "/elsewhere", set()),
 ])
@@ -38,6 +39,15 @@ def test_a_change_moves_the_fingerprints_of_its_stage_and_those_after(tmp_path, 
                                                                       moved):
     base, changed = fingerprints(tmp_path), fingerprints(tmp_path, **{key: value})
     assert {s for s in base if base[s] != changed[s]} == moved
+
+
+def test_a_switch_added_at_its_default_keeps_the_fingerprints_of_configs_without_it():
+    """fingerprint.ADDED_DEFAULTS: results made before z_loss existed stay valid."""
+    from train import fingerprint as fp
+
+    old = {"model": {"d": 8}, "optim": {"lr": 1.0}}
+    assert fp.canonical({**old, "z_loss": 0.0}, "/r") == fp.canonical(old, "/r")
+    assert fp.canonical({**old, "z_loss": 1e-4}, "/r") != fp.canonical(old, "/r")
 
 
 def test_relocate_rewrites_paths_into_the_entries_only():

@@ -238,3 +238,20 @@ def test_every_shipped_sweep_expands(path):
     """Every key they sweep exists in their base config, and the names are unique."""
     expanded = trials.expand(os.path.join(smoke.ROOT, path))
     assert expanded.kind == "pipeline" and len(expanded.trials) >= 2
+
+
+def test_a_stage_sweep_runs_scripts_train_in_each_trial_folder(tmp_path):
+    path = tmp_path / "stage_sweep.py"
+    path.write_text("from configs import sweep\nfrom configs.pretrain import tiny\n"
+                    "def get_config(arg=None):\n    return tiny.get_config()\n"
+                    "def get_sweep(arg=None):\n    return sweep.axis('optim.lr', [1e-3, 3e-3])\n")
+    expanded = trials.expand(str(path))
+    assert expanded.kind == "stage"
+    from train.sweeps import runner
+
+    cmd = runner.prepare(expanded, expanded.trials[1], str(tmp_path / "w"))
+    folder = tmp_path / "w" / "trials" / expanded.trials[1].name
+    assert cmd[1:] == ["-m", "scripts.train",
+                       f"--config=configs/resolved.py:{folder}/config.json",
+                       f"--workdir={folder}/run"]
+    assert json.loads((folder / "config.json").read_text())["optim"]["lr"] == 3e-3

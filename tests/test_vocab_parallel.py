@@ -54,10 +54,11 @@ def test_tokens_must_split_over_the_batch_axes():
         vocab_parallel_stats(h[:47], w, t[:47], mesh)
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_the_lm_loss_from_vocab_parallel_equals_the_full_logits(tied):
+@pytest.mark.parametrize("tied, z_loss", [(False, 0.0), (True, 0.0), (False, 1e-2)])
+def test_the_lm_loss_from_vocab_parallel_equals_the_full_logits(tied, z_loss):
     """train/losses.make_lm_loss with model.vocab_parallel_chunk on a (1, 2, 4) mesh: the same
-    loss and gradients as the full logits (the pretraining and SFT loss)."""
+    loss and gradients as the full logits (the pretraining and SFT loss), with and without
+    the z-loss; both equal optax's cross-entropy plus z_loss·log²Z on the full logits."""
     import dataclasses
 
     from configs import common
@@ -82,10 +83,18 @@ def test_the_lm_loss_from_vocab_parallel_equals_the_full_logits(tied):
                  loss_mask=(rng.random((4, 16)) < 0.8).astype(np.int32))
     out = {}
     for name, cfg in (("dense", dense_cfg), ("chunked", chunked_cfg)):
-        loss_fn = losses.make_lm_loss(Transformer(cfg))
+        loss_fn = losses.make_lm_loss(Transformer(cfg), z_loss)
         with sharding.activate(mesh, rules):
             out[name] = jax.jit(jax.value_and_grad(
                 lambda p, f=loss_fn: f(p, batch, None)[0]))(params)
+    with sharding.activate(mesh, rules):
+        logits = jax.jit(lambda p: Transformer(dense_cfg).apply(
+            {"params": p}, batch["tokens"], batch["positions"], batch["segment_ids"]))(params)
+    logits = np.asarray(logits, np.float64)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    log_z = np.log(np.exp(logits).sum(-1))
+    want = float(((np.asarray(ce) + z_loss * log_z ** 2) * batch["loss_mask"]).sum())
+    np.testing.assert_allclose(float(out["dense"][0]), want, rtol=1e-5)
     np.testing.assert_allclose(float(out["chunked"][0]), float(out["dense"][0]), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(out["chunked"][1]), jax.tree.leaves(out["dense"][1]),
                     strict=True):

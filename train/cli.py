@@ -40,6 +40,18 @@ class FolderBusy(RuntimeError):
     pass
 
 
+def die_with_parent():
+    """In a child process (a preexec_fn): SIGTERM when the parent dies, even by SIGKILL
+    (Linux's PR_SET_PDEATHSIG; elsewhere nothing), so no stage or trial is left orphaned."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def debug_requested(argv=None) -> bool:
     argv = sys.argv if argv is None else argv
     return "--debug" in argv or os.environ.get("JAXCHAT_DEBUG", "") not in ("", "0")
@@ -79,10 +91,15 @@ def run_argparse(main, argv=None, multiprocess: bool = False):
 
 
 def _prologue(argv) -> tuple[list, bool]:
-    """(argv without --debug, whether tracebacks were asked for); third-party logs quietened."""
+    """(argv without --debug, whether tracebacks were asked for); third-party logs quietened;
+    the persistent compilation cache on (train/compile_cache.py)."""
+    from train import compile_cache
+
     argv = list(argv)
     debug = debug_requested(argv)
     quiet_third_party_logs(debug)
+    compile_cache.enable()
+    compile_cache.track()
     return [a for a in argv if a != "--debug"], debug
 
 

@@ -17,6 +17,10 @@ import json
 import os
 
 LOCATION_KEYS = ("workdir", "cache_dir", "stage_cache")  # where things go, not what is computed
+# Switches added to the configs after results existed, left out while at their default: a
+# config with the switch off computes what one without the key computed (the code reads it
+# with that default), so adding one does not invalidate every finished stage and sweep trial.
+ADDED_DEFAULTS = {"z_loss": 0.0}
 LOCAL_PREFIX = "local:"
 HASH_LIMIT = 256 << 20  # files above this are fingerprinted by size and mtime, not read
 
@@ -39,13 +43,18 @@ def canonical(config: dict, root: str) -> dict:
     roots = sorted({os.path.abspath(root), os.path.normpath(root)}, key=len, reverse=True)
     out = {}
     for key, value in flatten(config).items():
-        if key.split(".")[-1] in LOCATION_KEYS:
+        if key.split(".")[-1] in LOCATION_KEYS or is_added_default(key, value):
             continue
         for r in roots:
             if isinstance(value, str) and (value == r or value.startswith(r + os.sep)):
                 value = "<pipeline>" + value[len(r):]
         out[key] = value
     return out
+
+
+def is_added_default(key: str, value) -> bool:
+    name = key.split(".")[-1]
+    return name in ADDED_DEFAULTS and value == ADDED_DEFAULTS[name]
 
 
 def input_files(config: dict, root: str, key_prefix: str = "") -> dict:

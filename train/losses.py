@@ -21,28 +21,38 @@ def head_weight(params, cfg):
     return params["lm_head"]["kernel"]
 
 
-def make_lm_loss(model):
+def make_lm_loss(model, z_loss: float = 0.0):
     """Next-token loss over rows {tokens, positions, segment_ids, targets, loss_mask}; from
-    model/vocab_parallel.py when model.vocab_parallel_chunk > 0 (same values)."""
+    model/vocab_parallel.py when model.vocab_parallel_chunk > 0 (same values).
+    z_loss: PaLM's auxiliary term z_loss · log²Z per token (Z the softmax normaliser; 1e-4 in
+    PaLM), which keeps the logits from drifting; the "loss" metric stays the cross-entropy
+    and "log_z_sq" (mean log²Z) is logged when it is on."""
     chunk = model.cfg.vocab_parallel_chunk
 
-    def token_nll(params, batch):
+    def token_stats(params, batch):
+        """(log Z, target logit) per token, fp32."""
         args = (batch["tokens"], batch["positions"], batch["segment_ids"])
         if not chunk:
-            return token_cross_entropy(model.apply({"params": params}, *args), batch["targets"])
+            logits = model.apply({"params": params}, *args).astype(jnp.float32)
+            target = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
+            return jax.nn.logsumexp(logits, axis=-1), target
         h_BxLxD = model.apply({"params": params}, *args, hidden=True)
         b, length, d = h_BxLxD.shape
         w = head_weight(params, model.cfg).astype(h_BxLxD.dtype)
         mesh = jax.sharding.get_abstract_mesh()
         lse, target, _ = vocab_parallel.vocab_parallel_stats(
             h_BxLxD.reshape(b * length, d), w, batch["targets"].reshape(-1), mesh, chunk=chunk)
-        return (lse - target).reshape(b, length)
+        return lse.reshape(b, length), target.reshape(b, length)
 
     def loss_fn(params, batch, rng):
         del rng  # no dropout
         mask = batch["loss_mask"].astype(jnp.float32)
-        nll_BxL = token_nll(params, batch) * mask
-        loss = nll_BxL.sum()
-        return loss, {"loss": loss, "weight": mask.sum()}
+        lse_BxL, target_BxL = token_stats(params, batch)
+        loss = ((lse_BxL - target_BxL) * mask).sum()
+        metrics = {"loss": loss, "weight": mask.sum()}
+        if not z_loss:
+            return loss, metrics
+        log_z_sq = (jnp.square(lse_BxL) * mask).sum()
+        return loss + z_loss * log_z_sq, {**metrics, "log_z_sq": log_z_sq}
 
     return loss_fn

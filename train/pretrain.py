@@ -36,7 +36,7 @@ def run(config, workdir: str):
     params, params_sh = setup.init_params(config.seed)
     state, state_sh, tx = setup_lib.make_train_state(
         setup, params, params_sh, config.optim, config.train.steps, config.seed)
-    loss_fn = losses.make_lm_loss(model)
+    loss_fn = losses.make_lm_loss(model, config.get("z_loss", 0.0))
     step_fn = make_train_step(loss_fn, tx, config.optim.grad_accum, state_sh, setup.mesh,
                               setup.rules)
     train_iter = pipeline.make_batch_iterator(

@@ -145,12 +145,16 @@ def _cell(text: str, limit: int = 90) -> str:
 
 def compute_table(root) -> str:
     compute = _load(os.path.join(root, "compute.json"), {})
-    rows = ["| Stage | Tokens | FLOPs | Wall time | Peak memory (RSS) |",
-            "|---|---:|---:|---:|---:|"]
+    rows = ["| Stage | Tokens | FLOPs | Wall time | of which compiling | Peak memory (RSS) |",
+            "|---|---:|---:|---:|---:|---:|"]
     for stage, rec in compute.items():
         tokens, flops = training_compute(root, stage)
-        rows.append(f"| {stage} | {_num(tokens)} | {_num(flops)} | {rec['wall_s']:.0f} s | "
-                    f"{rec['max_rss_mb'] / 1024:.2f} GB |")
+        # compile: tracing + lowering + compiling or reading the persistent cache
+        compile_s = (f"{rec['compile_s']:.0f} s ({rec.get('cache_hits', 0)} cache hits)"
+                     if "compile_s" in rec else "–")
+        cached = " (stage cache)" if rec.get("cached") else ""
+        rows.append(f"| {stage}{cached} | {_num(tokens)} | {_num(flops)} | {rec['wall_s']:.0f} s "
+                    f"| {compile_s} | {rec['max_rss_mb'] / 1024:.2f} GB |")
     return "\n".join(rows)
 
 

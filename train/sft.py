@@ -62,7 +62,7 @@ def run(config, workdir: str):
     state, state_sh, tx = setup_lib.make_train_state(
         setup, params, params_sh, config.optim, config.train.steps, config.seed
     )
-    loss_fn = losses.make_lm_loss(setup.model())
+    loss_fn = losses.make_lm_loss(setup.model(), config.get("z_loss", 0.0))
     step_fn = make_train_step(
         loss_fn, tx, config.optim.grad_accum, state_sh, setup.mesh, setup.rules
     )

@@ -30,5 +30,6 @@ def get_config(arg=None):
     c.mesh = common.mesh_config()
     c.data = data_config()
     c.optim = common.optim_config(lr=3e-3, warmup_steps=50)
+    c.z_loss = 0.0  # PaLM's z-loss coefficient (1e-4 there): + z_loss·log²Z per token
     c.train = common.train_config(steps=450, eval_every=150, ckpt_every=150, sample_every=225)
     return common.lock(c)

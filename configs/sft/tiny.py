@@ -80,6 +80,7 @@ def get_config(arg=None):
     # Below pretraining's 3e-3; tuned on the tiny run: held-out gold 0.24 (lr 1e-3, 70% tasks,
     # batch 16 x 300 steps), 0.34 (2e-3, 85% tasks), 0.35 (2e-3, 85%, batch 8 x 600 steps).
     c.optim = common.optim_config(lr=2e-3, warmup_steps=20)
+    c.z_loss = 0.0  # PaLM's z-loss coefficient (1e-4 there): + z_loss·log²Z per token
     c.train = common.train_config(
         steps=600, eval_every=300, eval_batches=8, ckpt_every=300, sample_every=300
     )

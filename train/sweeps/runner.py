@@ -108,13 +108,17 @@ def trial_env(parallel: int, cores: list[int]) -> dict:
 
 
 def launch(folder: str, cmd: list[str], env: dict | None = None, cores=None):
-    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+    def start():  # in the child: its cores, and SIGTERM if the sweep dies (even by SIGKILL)
+        if cores:
+            os.sched_setaffinity(0, cores)
+        cli.die_with_parent()
+
     with open(os.path.join(folder, "log.txt"), "a") as log:  # the child keeps its own handle
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
         return subprocess.Popen(cmd, cwd=cli.ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 env=env or dict(os.environ), start_new_session=True,
-                                preexec_fn=pin)
+                                preexec_fn=start)
 
 
 def finish(folder: str, code: int, wall_s: float, kind: str) -> str:
@@ -157,6 +161,7 @@ def run_local(sweep: Sweep, workdir: str, trials: list[Trial], parallel: int = 1
     trial gets SIGTERM (they save checkpoints), then cli.EXIT_INTERRUPTED is raised."""
     slots, pending, running, ended, stop = core_slots(parallel), list(trials), {}, {}, []
     told = set()  # trials already sent SIGTERM
+    cmds = {t.name: prepare(sweep, t, workdir) for t in trials}  # every folder checked first
     old = {s: signal.signal(s, lambda signum, _f: stop.append(signum))
            for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -164,10 +169,9 @@ def run_local(sweep: Sweep, workdir: str, trials: list[Trial], parallel: int = 1
             for slot in range(parallel):
                 if slot not in running and pending and not stop:
                     trial = pending.pop(0)
-                    folder = trial_dir(workdir, trial)
-                    cmd = prepare(sweep, trial, workdir)
                     print(f"=== trial {trial.name}: started", flush=True)
-                    proc = launch(folder, cmd, trial_env(parallel, slots[slot]), slots[slot])
+                    proc = launch(trial_dir(workdir, trial), cmds[trial.name],
+                                  trial_env(parallel, slots[slot]), slots[slot])
                     running[slot] = (trial, proc, time.time())
             if stop:
                 for _, proc, _ in running.values():

@@ -97,7 +97,7 @@ def apply(base: ml_collections.ConfigDict, overrides: dict, where: str):
 
 def digest_of(config) -> str:
     flat = {k: v for k, v in fp.flatten(config.to_dict()).items()
-            if k.split(".")[-1] not in fp.LOCATION_KEYS}
+            if k.split(".")[-1] not in fp.LOCATION_KEYS and not fp.is_added_default(k, v)}
     text = json.dumps(flat, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:6]
 
