@@ -172,7 +172,8 @@ def read_record(root: str, name: str) -> dict | None:
 
 
 def make_plan(c, cfgs, forced: set, only: set) -> list:
-    """[(stage, action, record, reason)]: action skip | resume | run | rerun. `forced` stages
+    """[(stage, action, record, reason)]: action skip | resume | run | rerun (and, with a stage
+    cache, link). `forced` stages
     start over; `only` stages run even when done (a finished stage just rewrites its summary)."""
     root, records, plan, digests = c.workdir, {}, [], {}
     inputs = stage_inputs(c, cfgs)
@@ -180,21 +181,24 @@ def make_plan(c, cfgs, forced: set, only: set) -> list:
         upstream = {u: records[u]["fingerprint"] for u in READS[name]}
         records[name] = rec = fp.make_record(inputs[name], root, upstream,
                                              KEY_PREFIX.get(name, f"{name}."), digests)
-        old, done = read_record(root, name), os.path.exists(done_marker(name, root))
-        same = old is not None and old.get("fingerprint") == rec["fingerprint"]
-        started = done or (old is not None)
-        if c.get("stage_cache") and name in CACHED:
-            action, reason = cached_action(c, name, rec, forced, only)
-        elif name in forced:
-            action, reason = ("rerun" if started else "run"), "asked for"
-        elif same:
-            action, reason = ("skip" if done and name not in only else "resume"), ""
-        elif started:
-            action, reason = "rerun", fp.why_changed(old, rec)
-        else:
-            action, reason = "run", ""
+        cached = c.get("stage_cache") and name in CACHED
+        action, reason = (cached_action if cached else folder_action)(c, name, rec, forced, only)
         plan.append((name, action, rec, reason))
     return plan
+
+
+def folder_action(c, name, record, forced, only) -> tuple[str, str]:
+    """The stage's results in <workdir>/<stage>: skip | resume | run | rerun, and why."""
+    old, done = read_record(c.workdir, name), os.path.exists(done_marker(name, c.workdir))
+    same = old is not None and old.get("fingerprint") == record["fingerprint"]
+    started = done or (old is not None)
+    if name in forced:
+        return ("rerun" if started else "run"), "asked for"
+    if same:
+        return ("skip" if done and name not in only else "resume"), ""
+    if started:
+        return "rerun", fp.why_changed(old, record)
+    return "run", ""
 
 
 def cached_action(c, name, record, forced, only) -> tuple[str, str]:
@@ -255,13 +259,17 @@ def move_aside(name: str, root: str):
 
 def write_stage_inputs(c, cfgs, name, record):
     """stage_config.json (what the stage process reads) and the fingerprint record."""
-    configs = dict(cfgs, collect=cfgs["reward"]) if cfgs else {}
+    configs = dict(cfgs, collect=cfgs["reward"])
     if name in configs:
         os.makedirs(stage_dirs(c.workdir)[name], exist_ok=True)
         atomic_write(f"{stage_dirs(c.workdir)[name]}/stage_config.json",
                      configs[name].to_json(indent=2))
-    os.makedirs(os.path.dirname(record_path(c.workdir, name)), exist_ok=True)
-    write_json(record_path(c.workdir, name), record)
+    write_record(c.workdir, name, record)
+
+
+def write_record(root, name, record):
+    os.makedirs(os.path.dirname(record_path(root, name)), exist_ok=True)
+    write_json(record_path(root, name), record)
 
 
 def run_stage(name, cmd) -> dict:
@@ -357,7 +365,7 @@ def run_cached(c, cfgs, name, action, record, entry, cmd):
         redo = action == "rerun" or name in (_ONLY.value or ())
         if os.path.exists(done_marker_in(name, entry)) and not redo:
             print(f"=== {name}: finished in the stage cache ({entry}), linked", flush=True)
-            write_stage_inputs(c, {}, name, record)  # the fingerprint record only
+            write_record(root, name, record)
             with open(compute_path) as f:
                 record_compute(root, name, {**json.load(f), "cached": True})
             return

@@ -9,18 +9,11 @@ import pytest
 from configs.pipeline import tiny
 from scripts import pipeline
 from train import stage_cache
+from train.sweeps import trials
 
 
 def fingerprints(tmp_path, **overrides):
-    c = tiny.get_config()
-    with c.unlocked():
-        c.workdir = str(tmp_path / "run")
-        for key, value in overrides.items():
-            *parents, last = key.split(".")
-            node = c
-            for part in parents:
-                node = node[part]
-            node[last] = value
+    c = trials.apply(tiny.get_config(), {"workdir": str(tmp_path / "run"), **overrides}, "test")
     plan = pipeline.make_plan(c, pipeline.resolve(c), set(), set())
     return {name: rec["fingerprint"] for name, _, rec, _ in plan}
 

@@ -66,10 +66,8 @@ def run(main, argv=None, multiprocess: bool = True):
     argv, debug = _prologue(sys.argv if argv is None else argv)
     try:
         with _error_path(argv, debug):
-            if multiprocess and not any(a in HELP_FLAGS for a in argv):
-                from train import distributed
-
-                distributed.initialize()
+            if multiprocess:
+                _start_distributed(argv)
             app.run(lambda args: _quiet_then(main, args, debug), argv=argv,
                     flags_parser=_parse_flags_or_exit)
     except SystemExit as e:
@@ -83,11 +81,17 @@ def run_argparse(main, argv=None, multiprocess: bool = False):
     jax.distributed as `run` does (chat talks to one terminal, so it never does)."""
     argv, debug = _prologue(sys.argv[1:] if argv is None else argv)
     with _error_path(argv, debug):
-        if multiprocess and not any(a in HELP_FLAGS for a in argv):
-            from train import distributed
-
-            distributed.initialize()
+        if multiprocess:
+            _start_distributed(argv)
         return main(argv)
+
+
+def _start_distributed(argv) -> None:
+    """jax.distributed when the run spans processes (not for --help)."""
+    if not any(a in HELP_FLAGS for a in argv):
+        from train import distributed
+
+        distributed.initialize()
 
 
 def _prologue(argv) -> tuple[list, bool]:

@@ -6,12 +6,12 @@ import jax.numpy as jnp
 from model import vocab_parallel
 
 
-def token_cross_entropy(logits_BxLxV, targets_BxL):
-    """-log softmax(logits)[target] per token, in fp32."""
+def logz_and_target(logits_BxLxV, targets_BxL):
+    """(log Z, the target's logit) per token, in fp32: -log softmax[target] = log Z − target."""
     logits = logits_BxLxV.astype(jnp.float32)
     logz_BxL = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
-    return logz_BxL - target_logit
+    return logz_BxL, target_logit
 
 
 def head_weight(params, cfg):
@@ -33,9 +33,7 @@ def make_lm_loss(model, z_loss: float = 0.0):
         """(log Z, target logit) per token, fp32."""
         args = (batch["tokens"], batch["positions"], batch["segment_ids"])
         if not chunk:
-            logits = model.apply({"params": params}, *args).astype(jnp.float32)
-            target = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
-            return jax.nn.logsumexp(logits, axis=-1), target
+            return logz_and_target(model.apply({"params": params}, *args), batch["targets"])
         h_BxLxD = model.apply({"params": params}, *args, hidden=True)
         b, length, d = h_BxLxD.shape
         w = head_weight(params, model.cfg).astype(h_BxLxD.dtype)

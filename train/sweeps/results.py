@@ -50,8 +50,8 @@ def collect(sweep: Sweep, workdir: str) -> list[dict]:
         row = {"trial": trial.name, "status": status(folder), **trial.overrides}
         if row["status"] == "done":
             with open(os.path.join(folder, "result.json")) as f:
-                result = json.load(f)
-            row.update(wall_s=result["wall_s"], **result["metrics"])
+                row["wall_s"] = json.load(f)["wall_s"]
+            row.update(run_metrics(folder, sweep.kind))
         rows.append(row)
     return rows
 
@@ -72,7 +72,8 @@ def headline(sweep: Sweep, rows: list[dict], limit: int = 6) -> dict:
     """{metric: "max" | "min"}: the sweep file's METRICS, else the first few metrics found."""
     if sweep.metrics:
         return sweep.metrics
-    found = [k for r in rows for k in r if k not in _fixed_columns(sweep) and k != "wall_s"]
+    fixed = {*_fixed_columns(sweep), "wall_s"}
+    found = [k for r in rows for k in r if k not in fixed]
     names = list(dict.fromkeys(found))[:limit]
     return {m: ("min" if "loss" in m else "max") for m in names}
 
@@ -153,9 +154,9 @@ def plot(sweep: Sweep, rows: list[dict], out_dir: str) -> list[str]:
 
     swept = [k for k in _fixed_columns(sweep)[2:] if k != sweep.seed_key]
     numeric = [k for k in swept if all(isinstance(r.get(k), int | float) for r in rows)]
-    paths = []
+    paths, metrics = [], headline(sweep, rows)
     for key in numeric:
-        for m in headline(sweep, rows):
+        for m in metrics:
             points = {}
             for r in rows:
                 if r["status"] == "done" and m in r:

@@ -4,7 +4,7 @@
     W/trials/<name>/config.json      the trial's resolved config
     W/trials/<name>/run/             its run folder (a pipeline folder for pipeline sweeps)
     W/trials/<name>/log.txt          its output
-    W/trials/<name>/result.json      written last when it finished: its metrics
+    W/trials/<name>/result.json      written last when it finished: its wall time
     W/trials/<name>/failed.json      when it failed: exit status and the log's tail
     W/stages/                        pipeline sweeps: finished stages shared by fingerprint
 
@@ -121,13 +121,10 @@ def launch(folder: str, cmd: list[str], env: dict | None = None, cores=None):
                                 preexec_fn=start)
 
 
-def finish(folder: str, code: int, wall_s: float, kind: str) -> str:
+def finish(folder: str, code: int, wall_s: float) -> str:
     """Records how a trial's process ended; returns its status."""
-    if code == 0:
-        from train.sweeps import results
-
-        write_json(os.path.join(folder, "result.json"),
-                   {"wall_s": wall_s, "metrics": results.run_metrics(folder, kind)})
+    if code == 0:  # its metrics are read from the run's summaries (train/sweeps/results.py)
+        write_json(os.path.join(folder, "result.json"), {"wall_s": wall_s})
         return "done"
     if code in INTERRUPTED:
         return "interrupted"
@@ -138,11 +135,11 @@ def finish(folder: str, code: int, wall_s: float, kind: str) -> str:
     return "failed"
 
 
-def run_one(folder: str, cmd: list[str], kind: str) -> str:
+def run_one(folder: str, cmd: list[str]) -> str:
     """One trial start to end (the submitit job's body)."""
     start = time.time()
     proc = launch(folder, cmd)
-    return finish(folder, proc.wait(), time.time() - start, kind)
+    return finish(folder, proc.wait(), time.time() - start)
 
 
 def to_run(sweep: Sweep, workdir: str, retry_failed: bool) -> list[Trial]:
@@ -182,7 +179,7 @@ def run_local(sweep: Sweep, workdir: str, trials: list[Trial], parallel: int = 1
                 if proc.poll() is not None:
                     del running[slot]
                     ended[trial.name] = finish(trial_dir(workdir, trial), proc.returncode,
-                                               time.time() - start, sweep.kind)
+                                               time.time() - start)
                     print(f"=== trial {trial.name}: {ended[trial.name]}", flush=True)
             time.sleep(0.2)
     finally:
@@ -223,7 +220,7 @@ def run_submitit(sweep: Sweep, workdir: str, trials: list[Trial], parallel: int,
         raise ValueError(f"--cluster {cluster!r}: slurm, local or debug")
     folders = [trial_dir(workdir, t) for t in trials]
     cmds = [prepare(sweep, t, workdir) for t in trials]
-    jobs = executor.map_array(run_one, folders, cmds, [sweep.kind] * len(trials))
+    jobs = executor.map_array(run_one, folders, cmds)
     ended = {}
     for trial, job in zip(trials, jobs, strict=True):
         try:
