@@ -199,9 +199,12 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BxL, positions_BxL, segment_ids_BxL, cache: Cache | None = None,
-                 hidden: bool = False):
+                 hidden: bool = False, head_columns: tuple[int, int] | None = None):
         """hidden=True (training, head "lm"): the final-norm states x_BxLxD instead of logits,
-        for losses that apply the head themselves (model/vocab_parallel.py)."""
+        for losses that apply the head themselves (model/vocab_parallel.py).
+        head_columns=(start, n) (no cache): the head's outputs for columns start..start+n-1
+        only, [B, n, ...]: PPO reads only the response's columns, and at P=48, T=32 the LM
+        head over all 80 would be 2.5x the work that is used."""
         cfg = self.cfg
         embed = nn.Embed(
             cfg.vocab_size,
@@ -216,6 +219,8 @@ class Transformer(nn.Module):
         x_BxLxD = RMSNorm(cfg.norm_eps, cfg.dtype, name="norm")(x_BxLxD)
         if hidden and cache is None:
             return x_BxLxD
+        if head_columns is not None and cache is None:
+            x_BxLxD = jax.lax.slice_in_dim(x_BxLxD, head_columns[0], sum(head_columns), axis=1)
         out = self._head(x_BxLxD, embed)
         if cache is None:
             return out

@@ -3,11 +3,13 @@
     python -m scripts.bench train --size tiny --batch 8 --seq 256 --torch
     python -m scripts.bench sample --size tiny --sample_batch 32 --new_tokens 64 --hf
     python -m scripts.bench ppo --size tiny --sample_batch 64 --prompt_len 48 --new_tokens 32
+    python -m scripts.bench ppo --size tiny --sample_batch 64 --prompt_len 48 --new_tokens 32 \\
+        --trl --repeats 5 [--no_stop]                          # against TRL's PPOTrainer
     python -m scripts.bench profile --size 20m --batch 4     # XLA op time by kind (CPU)
     python -m scripts.bench cpu --json runs/bench_cpu.json    # the docs/performance.md tables
     python -m scripts.bench gpu [--smoke]                      # what scripts/bench_gpu.sh runs
 
-Baselines need requirements-bench.txt (torch, transformers) in a separate venv.
+Baselines need requirements-bench.txt (torch, transformers, trl) in a separate venv.
 
 Method (docs/performance.md):
 - train: tokens/s = batch·seq / median step time; MFU = tokens/s · ModelConfig.flops_per_token
@@ -213,14 +215,68 @@ def bench_sample(
 # --------------------------------------------------------------------------------- ppo
 
 
-def bench_ppo(size, batch, prompt_len, new_tokens, *, dtype="float32", repeats=3):
-    """PPO iteration split (scripts/bench_ppo.py), or None if train/ppo_phases.py is absent."""
+def bench_ppo(
+    size, batch, prompt_len, new_tokens, *, dtype="float32", repeats=3, trl=False, stop=True
+):
+    """PPO iteration split (scripts/bench_ppo.py), or None if train/ppo_phases.py is absent;
+    trl: against TRL's PPOTrainer (fp32). stop=False: every reply runs to new_tokens."""
     try:
         from scripts import bench_ppo
     except ModuleNotFoundError as e:
         print(f"\n## PPO iteration: TODO — cannot import the PPO phases ({e}); nothing measured")
         return None
-    return bench_ppo.bench_ppo(size, batch, prompt_len, new_tokens, dtype=dtype, repeats=repeats)
+    if trl:
+        return bench_ppo_trl(size, batch, prompt_len, new_tokens, repeats=repeats, stop=stop)
+    return bench_ppo.bench_ppo(
+        size, batch, prompt_len, new_tokens, dtype=dtype, repeats=repeats, stop=stop
+    )
+
+
+def bench_ppo_trl(size, batch, prompt_len, new_tokens, *, repeats=3, stop=True) -> dict:
+    """jaxchat's PPO iteration and TRL's (scripts/bench_trl.py) on the same prompts, `repeats`
+    alternating rounds after one warm-up iteration each; medians per phase and the paired
+    ratios TRL s / jaxchat s."""
+    from scripts import bench_ppo, bench_trl
+
+    cfg, config, prompt = bench_ppo.settings(size, batch, prompt_len, new_tokens)
+    runs, setup_s, first = {}, {}, {}
+    start = time.perf_counter()
+    runs["jaxchat"] = bench_ppo.jax_ppo_runner(cfg, config, prompt, stop=stop)
+    setup_s["jaxchat"] = time.perf_counter() - start
+    runs["trl"], setup_s["trl"] = bench_trl.trl_ppo_runner(cfg, config, prompt, stop=stop)
+    for name, run in runs.items():  # jaxchat compiles here, TRL warms up
+        start = time.perf_counter()
+        run()
+        first[name] = time.perf_counter() - start
+    record = {name: [] for name in runs}
+    runners = {name: (lambda name=name: record[name].append(runs[name]())) for name in runs}
+    times = alternate(runners, repeats, 1)
+    result = dict(
+        bench_ppo.describe(size, cfg, config, prompt_len, "float32", repeats, stop),
+        kind="ppo_trl",
+        **bj.device_summary(),
+        **thread_info(True),
+        frameworks={},
+        trl_over_jaxchat={"iteration": paired_ratio(times["trl"], times["jaxchat"])},
+    )
+    for name, rounds in record.items():
+        phases = {k: [t[k] for t, _ in rounds] for k in rounds[0][0]}
+        # the like-for-like sum (TRL's call also has "other": data, metrics, logging, gc)
+        phases["phases"] = [t["rollout"] + t["score"] + t["update"] for t, _ in rounds]
+        result["frameworks"][name] = dict(
+            iteration_s=statistics.median(times[name]),
+            iteration_s_all=times[name],
+            phase_s={k: statistics.median(v) for k, v in phases.items()},
+            phase_s_all=phases,
+            first_iteration_s=first[name],
+            setup_s=setup_s[name],
+            mean_response_len=statistics.mean(length for _, length in rounds),
+        )
+    for k in ("rollout", "score", "update", "phases"):
+        trl_s, jax_s = (result["frameworks"][n]["phase_s_all"][k] for n in ("trl", "jaxchat"))
+        result["trl_over_jaxchat"][k] = paired_ratio(trl_s, jax_s)
+    bench_ppo.print_vs_trl(result)
+    return result
 
 
 # ------------------------------------------------------------------------------ suites
@@ -295,6 +351,8 @@ def main(argv=None):
     ap.add_argument("--torch", action="store_true", help="train: PyTorch baseline alongside")
     ap.add_argument("--torch_compile", action="store_true", help="train: torch.compile it")
     ap.add_argument("--hf", action="store_true", help="sample: HF generate baseline alongside")
+    ap.add_argument("--trl", action="store_true", help="ppo: TRL's PPOTrainer alongside (fp32)")
+    ap.add_argument("--no_stop", action="store_true", help="ppo: no stop token (full replies)")
     ap.add_argument("--smoke", action="store_true", help="gpu: tiny shapes (tests the paths)")
     ap.add_argument("--ppo_size", default="1b", help="gpu: model size of the PPO iteration")
     ap.add_argument("--skip_ppo", action="store_true", help="gpu: no PPO iteration")
@@ -332,7 +390,10 @@ def main(argv=None):
                 args.prompt_len,
                 args.new_tokens,
                 dtype=args.dtype,
-                repeats=min(args.repeats, 3),
+                # alone, at most 3 iterations; against TRL, --repeats alternating rounds
+                repeats=args.repeats if args.trl else min(args.repeats, 3),
+                trl=args.trl,
+                stop=not args.no_stop,
             )
         )
     elif args.what == "profile":

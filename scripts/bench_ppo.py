@@ -5,7 +5,9 @@ configs/ppo/tiny.py (epochs, minibatches, KL, clipping ...) on random actor, cri
 and reward-model parameters of a named size, and random prompts. Rollouts sample with the
 configured temperature and stop at <|end|> (id 7), so the rollout time depends on how soon the
 random policy emits it — with random weights rows almost always run to max_new_tokens, which
-is the worst case (the KL and rewards are meaningless; only the time is measured).
+is the worst case (the KL and rewards are meaningless; only the time is measured). stop=False
+gives the sampler no stop ids: every row runs to max_new_tokens. `settings` and
+`jax_ppo_runner` are shared with the TRL comparison (scripts/bench.py ppo --trl).
 """
 
 import statistics
@@ -35,15 +37,28 @@ def _ppo_api():
     return builders.hparams_from_config, builders.make_phases, ppo_phases.RewardModelScore
 
 
-def _phases(cfg, batch, prompt_len, new_tokens):
+def settings(size, batch, prompt_len, new_tokens, dtype="float32"):
+    """(model config, configs/ppo/tiny.py's config at this batch and reply length, prompts):
+    what both jaxchat and the TRL baseline (scripts/bench_trl.py) run on."""
     from configs.ppo import tiny as ppo_tiny
-    from train import rl_math
 
-    hparams_from_config, make_phases, reward_model_score = _ppo_api()
+    base = bj.model_config(size)
+    cfg = bj.model_config(
+        size, compute_dtype=dtype, max_seq_len=max(prompt_len + new_tokens, base.max_seq_len)
+    )
     config = ppo_tiny.get_config()
     config.rollout.batch_size = batch
     config.rollout.max_new_tokens = new_tokens
-    hp = hparams_from_config(config, prompt_len, END_ID, PAD_ID)
+    prompt = bj.random_prompts(batch, prompt_len, cfg.vocab_size, seed=0)
+    return cfg, config, prompt
+
+
+def _phases(cfg, config, prompt_len, stop):
+    from train import rl_math
+
+    hparams_from_config, make_phases, reward_model_score = _ppo_api()
+    # no stop ids: every row samples max_new_tokens (the sampler's stop set is empty)
+    hp = hparams_from_config(config, prompt_len, END_ID if stop else (), PAD_ID)
     setup, actor, _ = bj.init_params(cfg, bj.make_mesh(), seed=0)
     critic, _ = setup.init_params(1, head="scalar")
     reward_params, _ = setup.init_params(2, head="scalar")
@@ -62,7 +77,7 @@ def _phases(cfg, batch, prompt_len, new_tokens):
         config.kl.coef, config.kl.controller, config.kl.target, config.kl.horizon
     )
     state = phases.init_state(actor, critic, kl0, 0)
-    return config, phases, state, reference, reward
+    return phases, state, reference, reward
 
 
 def _iteration(phases, state, reference, reward, prompt, key):
@@ -79,43 +94,47 @@ def _iteration(phases, state, reference, reward, prompt, key):
     return state, times, float(np.mean(np.asarray(gen.lengths_B)))
 
 
-def bench_ppo(size, batch, prompt_len, new_tokens, *, dtype="float32", repeats=3) -> dict:
+def jax_ppo_runner(cfg, config, prompt, *, stop=True):
+    """run() does one jaxchat PPO iteration and returns (seconds per phase, mean reply
+    length); the first call compiles every phase. The state is donated, so run carries it."""
+    prompt_len = np.asarray(prompt[0]).shape[1]
+    phases, state, reference, reward = _phases(cfg, config, prompt_len, stop)
+    holder = {"state": state, "i": 0}
+
+    def run():
+        key = jax.random.key(holder["i"])
+        holder["state"], times, length = _iteration(
+            phases, holder["state"], reference, reward, prompt, key
+        )
+        holder["i"] += 1
+        return times, length
+
+    return run
+
+
+def bench_ppo(
+    size, batch, prompt_len, new_tokens, *, dtype="float32", repeats=3, stop=True
+) -> dict:
     """Median seconds of rollout / score+advantages / update over `repeats` iterations.
 
     The first iteration compiles every phase and is reported as compile time (its total
-    minus the median iteration).
+    minus the median iteration). stop=False: no stop token, every reply runs to new_tokens.
     """
-    base = bj.model_config(size)
-    cfg = bj.model_config(
-        size, compute_dtype=dtype, max_seq_len=max(prompt_len + new_tokens, base.max_seq_len)
-    )
-    config, phases, state, reference, reward = _phases(cfg, batch, prompt_len, new_tokens)
-    prompt = bj.random_prompts(batch, prompt_len, cfg.vocab_size, seed=0)
+    cfg, config, prompt = settings(size, batch, prompt_len, new_tokens, dtype)
+    run = jax_ppo_runner(cfg, config, prompt, stop=stop)
     start = time.perf_counter()
-    state, _, _ = _iteration(phases, state, reference, reward, prompt, jax.random.key(0))
+    run()
     first_s = time.perf_counter() - start
     per_phase, lengths = {"rollout": [], "score": [], "update": []}, []
-    for i in range(repeats):
-        state, times, length = _iteration(
-            phases, state, reference, reward, prompt, jax.random.key(i + 1)
-        )
+    for _ in range(repeats):
+        times, length = run()
         lengths.append(length)
         for k, v in times.items():
             per_phase[k].append(v)
     med = {k: statistics.median(v) for k, v in per_phase.items()}
     total = sum(med.values())
-    p = config.ppo
     result = dict(
-        kind="ppo",
-        size=size,
-        params=cfg.param_count(),
-        batch=batch,
-        prompt_len=prompt_len,
-        new_tokens=new_tokens,
-        dtype=dtype,
-        repeats=repeats,
-        epochs=p.epochs,
-        minibatches=p.minibatches,
+        **describe(size, cfg, config, prompt_len, dtype, repeats, stop),
         **bj.device_summary(),
         phase_s=med,
         phase_s_all=per_phase,
@@ -128,6 +147,24 @@ def bench_ppo(size, batch, prompt_len, new_tokens, *, dtype="float32", repeats=3
     return result
 
 
+def describe(size, cfg, config, prompt_len, dtype, repeats, stop) -> dict:
+    """The settings a PPO result records (alone or against TRL)."""
+    p, r = config.ppo, config.rollout
+    return dict(
+        kind="ppo",
+        size=size,
+        params=cfg.param_count(),
+        batch=r.batch_size,
+        prompt_len=prompt_len,
+        new_tokens=r.max_new_tokens,
+        dtype=dtype,
+        repeats=repeats,
+        epochs=p.epochs,
+        minibatches=p.minibatches,
+        stop=stop,
+    )
+
+
 def _print(res):
     from scripts.bench_print import print_table
 
@@ -136,7 +173,8 @@ def _print(res):
         (
             "batch x prompt x new",
             f"{res['batch']} x {res['prompt_len']} x "
-            f"{res['new_tokens']} (mean reply {res['mean_response_len']:.1f})",
+            f"{res['new_tokens']} (mean reply {res['mean_response_len']:.1f}"
+            f"{'' if res['stop'] else ', no stop'})",
         ),
         ("update", f"{res['epochs']} epochs x {res['minibatches']} minibatches"),
         ("device", f"{res['device_kind']} x{res['devices']} ({res['platform']})"),
@@ -151,3 +189,52 @@ def _print(res):
         )
     ]
     print_table(f"PPO iteration (median of {res['repeats']})", rows)
+
+
+def print_vs_trl(res):
+    """The table of scripts.bench ppo --trl: both sides per phase, and TRL s / jaxchat s."""
+    from scripts.bench_print import print_table
+
+    jax_fw, trl_fw = res["frameworks"]["jaxchat"], res["frameworks"]["trl"]
+    ratio = res["trl_over_jaxchat"]
+
+    def row(name, key):
+        jax_s, trl_s = jax_fw["phase_s"].get(key), trl_fw["phase_s"][key]
+        if jax_s is None:
+            return name, f"jaxchat -        | TRL {trl_s:7.3f} s"
+        return name, f"jaxchat {jax_s:7.3f} s | TRL {trl_s:7.3f} s | TRL/jaxchat {ratio[key]:.2f}x"
+
+    rows = [
+        ("model", f"{res['size']}: {res['params'] / 1e6:.2f}M params (x4 roles), {res['dtype']}"),
+        (
+            "batch x prompt x new",
+            f"{res['batch']} x {res['prompt_len']} x {res['new_tokens']} (mean reply jaxchat "
+            f"{jax_fw['mean_response_len']:.1f}, TRL {trl_fw['mean_response_len']:.1f}"
+            f"{'' if res['stop'] else ', no stop'})",
+        ),
+        ("update", f"{res['epochs']} epochs x {res['minibatches']} minibatches"),
+        ("device", f"{res['device_kind']} x{res['devices']} ({res['platform']})"),
+        (
+            "threads",
+            f"torch {res['torch_threads']} (OMP_WAIT_POLICY={res['omp_wait_policy']}), "
+            f"XLA: all {res['host_cpus']} cores; load {res['load_avg_1min']:.1f}",
+        ),
+        row("rollout", "rollout"),
+        row("score + advantages", "score"),
+        row("update", "update"),
+        row("rollout + score + update", "phases"),
+        row("other (TRL: data, metrics, gc)", "other"),
+        ("TRL gc.collect()", f"{trl_fw['phase_s']['gc']:.3f} s (of score + other)"),
+        (
+            "iteration",
+            f"jaxchat {jax_fw['iteration_s']:7.3f} s | TRL {trl_fw['iteration_s']:7.3f} s | "
+            f"TRL/jaxchat {ratio['iteration']:.2f}x",
+        ),
+        (
+            "first iteration",
+            f"jaxchat {jax_fw['first_iteration_s']:.1f} s (compiles) | TRL "
+            f"{trl_fw['first_iteration_s']:.1f} s",
+        ),
+        ("setup", f"jaxchat {jax_fw['setup_s']:.1f} s | TRL {trl_fw['setup_s']:.1f} s"),
+    ]
+    print_table(f"PPO iteration vs TRL (medians of {res['repeats']} alternating rounds)", rows)

@@ -123,6 +123,26 @@ def test_causality(params, forward):
     assert float(jnp.abs(a[:, t + 1 :] - b[:, t + 1 :]).max()) > 1e-3  # later outputs do change
 
 
+def test_head_columns_equal_the_full_output_sliced(cfg, params, forward):
+    """PPO applies the heads to the response's columns only (head_columns): the same numbers
+    as the full forward's columns, for the LM and the scalar head."""
+    tokens, positions, segs = _inputs(seed=3)
+    start, n = 5, 7
+    lm = transformer.Transformer(cfg)
+    cols = jit(lambda p: lm.apply({"params": p}, tokens, positions, segs, head_columns=(start, n)))
+    np.testing.assert_allclose(
+        cols(params), forward(params, tokens, positions, segs)[:, start : start + n], atol=ATOL
+    )
+    scalar = transformer.Transformer(cfg, head="scalar")
+    sp = _init(scalar)
+    full = jit(lambda p: scalar.apply({"params": p}, tokens, positions, segs))(sp)
+    part = jit(
+        lambda p: scalar.apply({"params": p}, tokens, positions, segs, head_columns=(start, n))
+    )(sp)
+    assert part.shape == (B, n)
+    np.testing.assert_allclose(part, full[:, start : start + n], atol=ATOL)
+
+
 def _alone(doc):
     """One document at the start of a row of length L, padding (segment 0) after it."""
     n = len(doc)

@@ -110,6 +110,12 @@ def response_slice(x_BxL, p: int, t: int):
     return x_BxL[:, p - 1 : p - 1 + t]
 
 
+def response_columns(hp):
+    """(first column, count) of the outputs that predict the response (the head_columns of
+    model/transformer.py): the head runs on these T columns only, not on the prompt's."""
+    return (hp.prompt_len - 1, hp.max_new_tokens)
+
+
 def _lm_logp(cfg, params, batch, hp, with_entropy=False):
     """Tempered log π(response token) per position, and optionally the per-token entropy;
     from model/vocab_parallel.py when model.vocab_parallel_chunk > 0 (same values, no
@@ -125,18 +131,23 @@ def _lm_logp(cfg, params, batch, hp, with_entropy=False):
             cfg.vocab_parallel_chunk)
         ent = ent.reshape(b, t) if with_entropy else None
         return (target - lse).reshape(b, t) * batch["mask"], ent
-    logits = Transformer(cfg).apply({"params": params}, *args)
-    logits_BxTxV = response_slice(logits, hp.prompt_len, hp.max_new_tokens)
+    logits_BxTxV = Transformer(cfg).apply(
+        {"params": params}, *args, head_columns=response_columns(hp)
+    )
     logp_BxT = rl_math.compute_token_logprobs(logits_BxTxV, batch["response"], hp.temperature)
     ent = rl_math.compute_entropy(logits_BxTxV, hp.temperature) if with_entropy else None
     return logp_BxT * batch["mask"], ent
 
 
 def _values(cfg, params, batch, hp):
-    v_BxL = Transformer(cfg, head="scalar").apply(
-        {"params": params}, batch["tokens"], batch["positions"], batch["segments"]
+    v_BxT = Transformer(cfg, head="scalar").apply(
+        {"params": params},
+        batch["tokens"],
+        batch["positions"],
+        batch["segments"],
+        head_columns=response_columns(hp),
     )
-    return response_slice(v_BxL, hp.prompt_len, hp.max_new_tokens) * batch["mask"]
+    return v_BxT * batch["mask"]
 
 
 # --------------------------------------------------------------------------------------------
