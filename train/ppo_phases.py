@@ -105,15 +105,17 @@ def assemble(prompt_tokens_BxP, prompt_positions_BxP, prompt_segments_BxP, gen, 
     }
 
 
-def response_slice(x_BxL, p: int, t: int):
-    """The outputs that predict the response tokens: columns P-1 .. P+T-2."""
-    return x_BxL[:, p - 1 : p - 1 + t]
-
-
 def response_columns(hp):
-    """(first column, count) of the outputs that predict the response (the head_columns of
-    model/transformer.py): the head runs on these T columns only, not on the prompt's."""
+    """(first column, count) of the outputs that predict the response tokens, columns
+    P-1 .. P+T-2 (the head_columns of model/transformer.py): the heads run on these T columns
+    only, not on the prompt's."""
     return (hp.prompt_len - 1, hp.max_new_tokens)
+
+
+def response_slice(x_BxL, hp):
+    """The response_columns of a full [B, L, ...] output."""
+    start, n = response_columns(hp)
+    return x_BxL[:, start : start + n]
 
 
 def _lm_logp(cfg, params, batch, hp, with_entropy=False):
@@ -123,7 +125,7 @@ def _lm_logp(cfg, params, batch, hp, with_entropy=False):
     args = (batch["tokens"], batch["positions"], batch["segments"])
     if cfg.vocab_parallel_chunk:
         h = Transformer(cfg).apply({"params": params}, *args, hidden=True)
-        h_BxTxD = response_slice(h, hp.prompt_len, hp.max_new_tokens)
+        h_BxTxD = response_slice(h, hp)
         b, t, d = h_BxTxD.shape
         lse, target, ent = vocab_parallel.vocab_parallel_stats(
             h_BxTxD.reshape(b * t, d), losses.head_weight(params, cfg).astype(h.dtype),
