@@ -337,18 +337,22 @@ def read_local_file(path: Path) -> list[str]:
     raise ValueError(f"{path}: unsupported file type (use one of {', '.join(LOCAL_SUFFIXES)})")
 
 
-def read_local(name: str) -> list[str]:
-    """Raw documents of `local:<file or folder>` (a folder: its files, recursively, sorted)."""
+def local_paths(name: str) -> list[Path]:
+    """The files of `local:<file or folder>` (a folder: its files, recursively, sorted)."""
     path = Path(name[len(LOCAL_PREFIX):]).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"source {name!r}: {path} does not exist")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES)
-        if not files:
-            raise ValueError(f"source {name!r}: no {'/'.join(LOCAL_SUFFIXES)} files under {path}")
-    else:
-        files = [path]
-    return [doc for f in files for doc in read_local_file(f)]
+    if not path.is_dir():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES)
+    if not files:
+        raise ValueError(f"source {name!r}: no {'/'.join(LOCAL_SUFFIXES)} files under {path}")
+    return files
+
+
+def read_local(name: str) -> list[str]:
+    """Raw documents of `local:<file or folder>`."""
+    return [doc for f in local_paths(name) for doc in read_local_file(f)]
 
 
 # ---------------------------------------------------------------------------------- loading

@@ -171,14 +171,14 @@ def _head_major_attention(q_BxKxGxLxH, k_BxKxSxH, v_BxKxSxH, mask_Bx1xLxS):
     )
 
 
-def cache_write_read(buf, new_BxKxLxH, layer, index):
-    """Writes one layer's new keys (or values) into the whole stacked cache, in place.
+def cache_write_read(buf_BxKxSxH, new_BxKxLxH, index):
+    """Writes one layer's new keys (or values) into its own cache buffer, in place, and returns
+    the buffer, which attention then reads whole.
 
-    Only the L new slots of layer `layer` are written (one dynamic_update_slice at
-    (layer, 0, 0, index, 0)); the stacked buffer is carried through the layer loop, so no layer's
-    cache is sliced out and stacked back. Returns (buffer, that layer's [B, K, S, H] cache).
+    Each layer has its own [B, K, S, H] buffer (model/transformer.py init_cache): from one
+    stacked [layers, ...] buffer, every decode step copied each layer's whole cache out to
+    read it (a quarter of the 20m decode step, docs/performance.md).
     """
     zero = jnp.zeros((), jnp.int32)
-    start = (jnp.asarray(layer, jnp.int32), zero, zero, jnp.asarray(index, jnp.int32), zero)
-    buf = jax.lax.dynamic_update_slice(buf, new_BxKxLxH.astype(buf.dtype)[None], start)
-    return buf, jax.lax.dynamic_index_in_dim(buf, layer, axis=0, keepdims=False)
+    start = (zero, zero, jnp.asarray(index, jnp.int32), zero)
+    return jax.lax.dynamic_update_slice(buf_BxKxSxH, new_BxKxLxH.astype(buf_BxKxSxH.dtype), start)

@@ -28,7 +28,7 @@ import numpy as np
 
 from model import sharding
 from model.config import ModelConfig
-from model.transformer import Transformer, init_cache
+from model.transformer import Transformer, init_cache, unstack_layers
 
 
 class Generation(NamedTuple):
@@ -115,13 +115,11 @@ def sample_tokens(logits_BxV, rng, sampling: Sampling):
 
 
 def _constrain_cache(cache):
-    """Cache K/V are [layers, B, K, S, H]: batch over ("data", "fsdp"), kv heads over "tensor"."""
-    names = ("layers", "batch", "act_heads", "length", "head_dim")
-    return dict(
-        cache,
-        k=nn.with_logical_constraint(cache["k"], names),
-        v=nn.with_logical_constraint(cache["v"], names),
-    )
+    """Cache K/V are per-layer [B, K, S, H]: batch over ("data", "fsdp"), kv heads over
+    "tensor"."""
+    names = ("batch", "act_heads", "length", "head_dim")
+    constrain = lambda bufs: tuple(nn.with_logical_constraint(b, names) for b in bufs)
+    return dict(cache, k=constrain(cache["k"]), v=constrain(cache["v"]))
 
 
 def prefill(cfg, params, tokens_BxP, positions_BxP, segment_ids_BxP, cache_len):
@@ -173,6 +171,7 @@ def _generate(
     """Prefill, sample step 0, then a while_loop of decode_step + sample until all rows stop."""
     b, p = tokens_BxP.shape
     prompt_len_B = jnp.sum(segment_ids_BxP != 0, axis=-1).astype(jnp.int32)
+    params = unstack_layers(params)  # once, outside the decode loop
     logits_BxV, cache = prefill(
         cfg, params, tokens_BxP, positions_BxP, segment_ids_BxP, p + max_new_tokens - 1
     )  # the last sampled token is never fed
@@ -357,6 +356,7 @@ def generate_stream(
             f"{max_new_tokens} exceeds model.max_seq_len={cfg.max_seq_len}"
         )
     prefill_fn, step_fn = _stream_fns(cfg, sampling, cfg.max_seq_len)
+    params = jax.jit(unstack_layers)(params)  # once, not in every step
     tokens, positions, segments = left_pad([list(prompt)], pad_id, padded)
     logits_BxV, cache = prefill_fn(params, tokens, positions, segments, cfg.max_seq_len)
     for step in range(max_new_tokens):

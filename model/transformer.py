@@ -27,7 +27,9 @@ from model.attention import (
 )
 from model.config import ModelConfig
 
-Cache = dict  # {"k": [n_layers,B,K,S,H], "v": same, "segment_ids": [B,S], "index": int32 scalar}
+# {"k": a tuple of one [B,K,S,H] buffer per layer, "v": same, "segment_ids": [B,S],
+#  "index": int32 scalar}
+Cache = dict
 
 _REMAT = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -112,9 +114,9 @@ class Attention(nn.Module):
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
         k_slots, k_segs = slots_BxL, segs_BxL
         if kv_cache is not None:  # write this call's keys/values at the cache index, attend to all
-            k_buf, v_buf, k_segs, index, layer = kv_cache
-            k_buf, k = cache_write_read(k_buf, k, layer, index)
-            v_buf, v = cache_write_read(v_buf, v, layer, index)
+            k_buf, v_buf, k_segs, index = kv_cache
+            k = k_buf = cache_write_read(k_buf, k, index)
+            v = v_buf = cache_write_read(v_buf, v, index)
             kv_cache = (k_buf, v_buf)
             k_slots = jnp.broadcast_to(jnp.arange(k.shape[2]), k_segs.shape)
         k, v = k.astype(q.dtype), v.astype(q.dtype)
@@ -163,25 +165,16 @@ class Block(nn.Module):
 
 
 class ScanBlock(nn.Module):
-    """Block in the (carry, per-layer input) -> (carry, per-layer output) form nn.scan wants.
-
-    Training: carry x, no per-layer input or output. Decoding: carry (x, k_buf, v_buf), the whole
-    stacked cache, and the per-layer input is the layer index the block writes and reads at.
-    """
+    """Block in the (carry, per-layer input) -> (carry, per-layer output) form nn.scan wants:
+    carry x, no per-layer input or output (training; decoding loops over the layers)."""
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, carry, shared, layer):
-        positions, segs, slots, cache_segs, index = shared
+    def __call__(self, carry, shared, _):
+        positions, segs, slots = shared[:3]
         block = _maybe_remat(Block, self.cfg, scanned=True)(self.cfg, name="block")
-        if layer is None:
-            return block(carry, positions, segs, slots, None)[0], None
-        x_BxLxD, k_buf, v_buf = carry
-        x_BxLxD, kv = block(
-            x_BxLxD, positions, segs, slots, (k_buf, v_buf, cache_segs, index, layer)
-        )
-        return (x_BxLxD, *kv), None
+        return block(carry, positions, segs, slots, None)[0], None
 
 
 def _maybe_remat(module_cls, cfg, scanned):
@@ -246,6 +239,9 @@ class Transformer(nn.Module):
 
     def _layers(self, x_BxLxD, shared, kv):
         cfg = self.cfg
+        if kv is not None:
+            return self._decode_layers(x_BxLxD, shared, kv)
+        positions, segs, slots = shared[:3]
         if cfg.scan_layers:
             stack = nn.scan(
                 ScanBlock,
@@ -253,23 +249,41 @@ class Transformer(nn.Module):
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast, 0),
                 length=cfg.n_layers,
-                # training only: unrolled decoding measured slower (docs/performance.md)
-                unroll=min(cfg.scan_unroll, cfg.n_layers) if kv is None else 1,
+                unroll=min(cfg.scan_unroll, cfg.n_layers),
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            if kv is None:
-                return stack(cfg, name="layers")(x_BxLxD, shared, None)[0], None
-            layers = jnp.arange(cfg.n_layers, dtype=jnp.int32)
-            (x_BxLxD, *kv), _ = stack(cfg, name="layers")((x_BxLxD, *kv), shared, layers)
-            return x_BxLxD, tuple(kv)
-        positions, segs, slots, cache_segs, index = shared
+            return stack(cfg, name="layers")(x_BxLxD, shared, None)[0], None
         block_cls = _maybe_remat(Block, cfg, scanned=False)
         for i in range(cfg.n_layers):
-            layer_kv = None if kv is None else (*kv, cache_segs, index, i)
-            x_BxLxD, kv = block_cls(cfg, name=f"layers_{i}")(
-                x_BxLxD, positions, segs, slots, layer_kv
-            )
-        return x_BxLxD, kv
+            x_BxLxD, _ = block_cls(cfg, name=f"layers_{i}")(x_BxLxD, positions, segs, slots, None)
+        return x_BxLxD, None
+
+    def _decode_layers(self, x_BxLxD, shared, kv):
+        """With a KV cache: a Python loop over the layers, each writing and reading its own
+        cache buffers in place. Scanned (stacked) parameters are split per layer here unless
+        the caller did it once already (unstack_layers), as the sampler does before its decode
+        loop: XLA does not hoist the slices out of a while loop, and slicing every step copies
+        every parameter every step."""
+        cfg = self.cfg
+        positions, segs, slots, cache_segs, index = shared
+        if cfg.scan_layers:
+            per_layer = unstack_layers(self.variables["params"])["layers"]["per_layer"]
+        new_k, new_v = [], []
+        for i in range(cfg.n_layers):
+            layer_kv = (kv[0][i], kv[1][i], cache_segs, index)
+            if cfg.scan_layers:
+                layer_params = per_layer[i]
+                if i:  # layer i's weights (and their fsdp gathers) wait for layer i-1's output:
+                    # independent per-layer collectives running at once can starve XLA:CPU's
+                    # thread pool of many virtual devices (an abort on 8 devices, 2 cores)
+                    x_BxLxD, layer_params = jax.lax.optimization_barrier((x_BxLxD, layer_params))
+                block = functools.partial(Block(cfg).apply, {"params": layer_params})
+            else:
+                block = Block(cfg, name=f"layers_{i}")
+            x_BxLxD, (k_buf, v_buf) = block(x_BxLxD, positions, segs, slots, layer_kv)
+            new_k.append(k_buf)
+            new_v.append(v_buf)
+        return x_BxLxD, (tuple(new_k), tuple(new_v))
 
     def _head(self, x_BxLxD, embed):
         cfg = self.cfg
@@ -299,14 +313,27 @@ class Transformer(nn.Module):
         )
 
 
+def unstack_layers(params):
+    """Scanned params with the stacked layers split into a tuple, {"layers": {"per_layer":
+    (layer 0's tree, ...)}}, for decoding (Transformer with a cache reads either form)."""
+    layers = params.get("layers")
+    if layers is None or "per_layer" in layers:
+        return params
+    stacked = layers["block"]
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    per_layer = tuple(jax.tree.map(lambda p, i=i: p[i], stacked) for i in range(n))
+    return {**params, "layers": {"per_layer": per_layer}}
+
+
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> Cache:
-    """Empty head-major KV cache [layers, B, K, S, H] for `length` slots; segment 0 marks slots
-    nothing may attend to."""
-    shape = (cfg.n_layers, batch, cfg.n_kv_heads, length, cfg.head_dim)
+    """Empty head-major KV cache for `length` slots: k and v are tuples of one [B, K, S, H]
+    buffer per layer (see cache_write_read); segment 0 marks slots nothing may attend to."""
+    shape = (batch, cfg.n_kv_heads, length, cfg.head_dim)
     dtype = dtype or cfg.dtype
+    layers = range(cfg.n_layers)
     return dict(
-        k=jnp.zeros(shape, dtype),
-        v=jnp.zeros(shape, dtype),
+        k=tuple(jnp.zeros(shape, dtype) for _ in layers),
+        v=tuple(jnp.zeros(shape, dtype) for _ in layers),
         segment_ids=jnp.zeros((batch, length), jnp.int32),
         index=jnp.zeros((), jnp.int32),
     )

@@ -313,7 +313,8 @@ def suite_cpu(args) -> list:
 
 
 def suite_gpu(args) -> list:
-    """~1B at seq 2048 in bf16 (MFU), decode at batch 1 and 8 (roofline), one PPO iteration."""
+    """~1B at seq 2048 in bf16 (MFU), decode at batch 1, 8, 64 and 256 (roofline), one PPO
+    iteration split into its phases."""
     if args.smoke:  # the same code paths on CPU-sized shapes
         size, seq, batch, prompt_len, new_tokens, reps = "test", 32, 2, 8, 8, 2
         ppo = dict(size="test", batch=8, prompt_len=8, new_tokens=8, repeats=1)
@@ -324,9 +325,9 @@ def suite_gpu(args) -> list:
     results = [
         bench_train(size, batch, seq, dtype="bfloat16", remat=remat, repeats=reps, iters=args.iters)
     ]
-    for b in (1, 8):
+    for b in (1, 2) if args.smoke else (1, 8, 64, 256):  # latency-bound to compute-bound
         results.append(
-            bench_sample(size, b, prompt_len, new_tokens, dtype="bfloat16", repeats=reps)
+            bench_sample(size, b, prompt_len, new_tokens, dtype="bfloat16", repeats=min(reps, 3))
         )
     if not args.skip_ppo:
         results.append(emit(bench_ppo(ppo.pop("size"), **ppo, dtype="bfloat16")))

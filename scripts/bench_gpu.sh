@@ -2,7 +2,7 @@
 # The GPU benchmark session, one script, <= 8 minutes on one H100/H200 (docs/performance.md):
 #   - train step of the ~1B config (configs.common "1b") at seq 2048, bf16 compute, remat
 #     dots_no_batch, batch 16: MFU against the datasheet dense bf16 peak, compile time;
-#   - sampler decode at batch 1 and 8 (prompt 128, 256 new tokens, bf16 weights): fraction of
+#   - sampler decode at batch 1, 8, 64 and 256 (prompt 128, 256 new tokens, bf16 weights): fraction of
 #     the HBM roofline (param + KV-cache bytes per step / datasheet bandwidth);
 #   - one PPO iteration of the 1b config split into rollout, scoring and update (--skip_ppo: none).
 #

@@ -297,7 +297,7 @@ def run_stage(name, cmd) -> dict:
             signal.signal(s, h)
     code = os.waitstatus_to_exitcode(status)
     record = {"wall_s": time.time() - start, "max_rss_mb": usage.ru_maxrss / 1024, "exit": code,
-              **_read_compile_log(compile_log)}
+              **_read_compile_log(compile_log, start)}
     if code == 0 and not received:
         return record
     if received or code in (cli.EXIT_INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
@@ -308,13 +308,18 @@ def run_stage(name, cmd) -> dict:
     raise StageStopped(f"pipeline stage {name!r} failed (exit {code})", 1)
 
 
-def _read_compile_log(path) -> dict:
-    """{compile_s, compiles, cache_hits} the stage wrote at exit ({} if it wrote nothing)."""
+def _read_compile_log(path, start) -> dict:
+    """{compile_s, compiles, cache_hits, first_step_s} the stage wrote at exit ({} if it wrote
+    nothing); first_step_s: from the launch to its first step's result (training stages)."""
     try:
         with open(path) as f:
-            return json.load(f)
+            log = json.load(f)
     except (OSError, ValueError):
         return {}
+    else:
+        if "first_step_unix" in log:
+            log["first_step_s"] = log.pop("first_step_unix") - start
+        return log
     finally:
         if os.path.exists(path):
             os.remove(path)

@@ -12,7 +12,7 @@ import time
 
 from absl import app, flags
 
-from data import corpus, sources, tokenizer
+from data import corpus, corpus_cache, sources, tokenizer
 from train import cli
 
 _SOURCES = flags.DEFINE_string(
@@ -40,9 +40,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     mixture = corpus.parse_mixture(_SOURCES.value)
     start = time.perf_counter()
-    data = corpus.load_mixture(
-        mixture, _CACHE_DIR.value, _VAL_FRACTION.value, _SEED.value, _MAX_CHARS.value
-    )
+    settings = dict(val_fraction=_VAL_FRACTION.value, seed=_SEED.value,
+                    max_chars_per_source=_MAX_CHARS.value)
+    data, _ = corpus_cache.cached_corpus(
+        lambda: corpus.load_mixture(mixture, _CACHE_DIR.value, **settings), mixture,
+        _CACHE_DIR.value, True, **settings)
     print(f"loaded {len(mixture)} sources in {time.perf_counter() - start:.1f}s "
           f"(cache {sources.resolve_cache_dir(_CACHE_DIR.value)}; dropped "
           f"{data.duplicates_removed} duplicate documents, {data.paragraphs_removed} repeated "

@@ -3,9 +3,15 @@
 import os
 
 # Backend optimisation level 0 halves CPU compile time, which dominates these tiny tests.
+# A collective among the 8 virtual devices can wait long on 2 loaded cores (two xdist workers,
+# a pipeline subprocess): XLA:CPU's default termination timeout for a stuck collective then
+# aborts the whole worker ("Fatal Python error: Aborted", seen once in test_ppo), so it is
+# raised here; the tests' own timeouts still catch a real hang.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "")
     + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    + " --xla_cpu_collective_call_warn_stuck_timeout_seconds=120"
+    + " --xla_cpu_collective_call_terminate_timeout_seconds=1200"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # compiled programs persist across test runs and the stage processes tests start

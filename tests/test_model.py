@@ -328,8 +328,11 @@ def test_kv_cache_decode_equals_full_forward(
     np.testing.assert_array_equal(cache["segment_ids"][:, :L], segs)
     assert not np.asarray(cache["segment_ids"][:, L:]).any()
     _, bulk = step(params, tokens, positions, segs, transformer.init_cache(cfg, B, 24))
-    for name in ("k", "v"):
-        assert cache[name].shape == (cfg.n_layers, B, cfg.n_kv_heads, 24, cfg.head_dim)
+    for name in ("k", "v"):  # one [B, K, S, H] buffer per layer
+        assert [c.shape for c in cache[name]] == [(B, cfg.n_kv_heads, 24, cfg.head_dim)] * (
+            cfg.n_layers
+        )
+        cache[name], bulk[name] = np.stack(cache[name]), np.stack(bulk[name])
         real_slots = np.asarray(segs != 0)[None, :, None, :, None]  # padding keys: never read
         np.testing.assert_allclose(
             np.where(real_slots, cache[name][:, :, :, :L], 0),

@@ -51,7 +51,8 @@ def test_every_stage_writes_finite_outputs(smoke_run):
     for stage in ("pretrain", "sft", "reward", "ppo"):  # each stage said what compiling cost
         assert 0 < compute[stage]["compile_s"] < compute[stage]["wall_s"], compute[stage]
         assert compute[stage]["compiles"] > 0
-    assert "of which compiling" in report
+        assert 0 < compute[stage]["first_step_s"] < compute[stage]["wall_s"], compute[stage]
+    assert "of which compiling" in report and "First step after" in report
 
 
 def test_each_stage_consumes_the_previous_one(smoke_run):

@@ -13,6 +13,7 @@ compile options, the devices and the jax/jaxlib versions, so a stale entry is ne
 
 import os
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = "JAXCHAT_COMPILE_CACHE"
@@ -51,9 +52,17 @@ _TOTALS = {"compile_s": 0.0, "compiles": 0, "cache_hits": 0}
 LOG_ENV = "JAXCHAT_COMPILE_LOG"  # the pipeline asks each stage for its compile time here
 
 
+def mark_first_step() -> None:
+    """Notes when this process finished its first training step or PPO iteration (its result
+    read back): the pipeline reports the seconds from the stage's launch to it, the start-up
+    cost that the compilation and corpus caches shorten."""
+    _TOTALS.setdefault("first_step_unix", time.time())
+
+
 def track() -> None:
     """Counts this process's tracing + lowering + compile (or cache read) time and cache hits,
-    written as JSON to $JAXCHAT_COMPILE_LOG at exit (nothing when it is unset)."""
+    with mark_first_step's time, written as JSON to $JAXCHAT_COMPILE_LOG at exit (nothing
+    when it is unset)."""
     path = os.environ.get(LOG_ENV)
     if not path:  # only the pipeline's stage processes are asked
         return

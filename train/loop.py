@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from train import distributed
+from train import compile_cache, distributed
 from train.checkpoint import Checkpoints, NonFiniteState, abstract_like
 from train.metrics import MetricsWriter, write_run_info
 
@@ -171,6 +171,7 @@ def _report(pending, writer, bar, timer, cfg, ckpt, force=False):
     timer.tick()
     bar.update(1)
     values = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+    compile_cache.mark_first_step()
     if not math.isfinite(values.get("loss", 0.0)):  # every step: the fetch overlaps step n+1
         raise NonFiniteLoss(
             f"loss is {values['loss']} at step {step}; stopping: {ckpt.last_good()}")

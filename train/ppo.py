@@ -39,7 +39,7 @@ from tqdm import tqdm
 from data import chat, worlds
 from data.tokenizer import Tokenizer, check_vocab, load_tokenizer
 from model import sampler
-from train import optim, ppo_eval, rl_math
+from train import compile_cache, optim, ppo_eval, rl_math
 from train import setup as setup_lib
 from train.checkpoint import Checkpoints, abstract_like, load_params
 from train.distributed import to_host
@@ -230,6 +230,7 @@ def iteration(r: Run, state, indices):
         **upd_stats,
         **times,
     }
+    compile_cache.mark_first_step()
     return state, host, {k: float(v) for k, v in metrics.items()}
 
 

@@ -13,10 +13,10 @@ import jax
 import numpy as np
 
 from data import corpus as corpus_lib
-from data import pipeline
+from data import corpus_cache, pipeline
 from data.tokenizer import Tokenizer, check_vocab, load_tokenizer, train_tokenizer
 from model import sampler
-from train import losses
+from train import distributed, losses
 from train import setup as setup_lib
 from train.loop import Hooks, fit
 from train.metrics import atomic_write, write_json
@@ -27,10 +27,14 @@ SAMPLE_PROMPTS = ("To be, or not to be", "KING HENRY:", "How are you doing today
 
 def run(config, workdir: str):
     data = config.data
-    corpus = load_corpus(data)
+    write_cache = distributed.is_primary()
+    corpus, corpus_key = load_corpus(data, write_cache)
     tok = load_or_train_tokenizer(data, corpus)
     check_vocab(tok, config.model.vocab_size)
-    train_docs, val_docs = tokenize_corpus(tok, corpus)
+    train_docs, val_docs = corpus_cache.cached_tokens(
+        lambda: tokenize_corpus(tok, corpus), corpus_key, corpus, data.tokenizer,
+        data.cache_dir or None, write_cache)
+    count_train_tokens(corpus, train_docs)
     setup = setup_lib.make_setup(config)
     model = setup.model()
     params, params_sh = setup.init_params(config.seed)
@@ -57,11 +61,15 @@ def run(config, workdir: str):
     return result
 
 
-def load_corpus(data):
-    return corpus_lib.load_mixture(
-        corpus_lib.parse_mixture(data.mixture), cache_dir=data.cache_dir or None,
-        val_fraction=data.val_fraction, seed=data.split_seed,
-        max_chars_per_source=data.max_chars_per_source or None)
+def load_corpus(data, write_cache: bool = True):
+    """(corpus, cache key): the cleaned, split mixture, from data/corpus_cache.py when a
+    previous run built the same one (key None: the cache is off)."""
+    mixture, cache_dir = corpus_lib.parse_mixture(data.mixture), data.cache_dir or None
+    settings = dict(val_fraction=data.val_fraction, seed=data.split_seed,
+                    max_chars_per_source=data.max_chars_per_source or None)
+    return corpus_cache.cached_corpus(
+        lambda: corpus_lib.load_mixture(mixture, cache_dir=cache_dir, **settings),
+        mixture, cache_dir, write_cache, **settings)
 
 
 def load_or_train_tokenizer(data, corpus) -> Tokenizer:
@@ -83,9 +91,12 @@ def tokenize_corpus(tok: Tokenizer, corpus):
     if not val:
         raise ValueError("no validation documents: every source is too small to hold out a "
                          "whole document (add documents or raise data.val_fraction)")
-    for name in corpus.splits:
-        corpus.splits[name].train_tokens = int(sum(len(d) for d in train[name]))
     return train, val
+
+
+def count_train_tokens(corpus, train_docs) -> None:
+    for name in corpus.splits:
+        corpus.splits[name].train_tokens = int(sum(len(d) for d in train_docs[name]))
 
 
 def make_lm_eval(loss_fn, params_sh, setup, val_docs, data, max_batches):

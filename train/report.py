@@ -145,16 +145,17 @@ def _cell(text: str, limit: int = 90) -> str:
 
 def compute_table(root) -> str:
     compute = _load(os.path.join(root, "compute.json"), {})
-    rows = ["| Stage | Tokens | FLOPs | Wall time | of which compiling | Peak memory (RSS) |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| Stage | Tokens | FLOPs | Wall time | of which compiling | First step after | "
+            "Peak memory (RSS) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for stage, rec in compute.items():
         tokens, flops = training_compute(root, stage)
         # compile: tracing + lowering + compiling or reading the persistent cache
         compile_s = (f"{rec['compile_s']:.0f} s ({rec.get('cache_hits', 0)} cache hits)"
                      if "compile_s" in rec else "–")
+        first = f"{rec['first_step_s']:.1f} s" if "first_step_s" in rec else "–"
         cached = " (stage cache)" if rec.get("cached") else ""
         rows.append(f"| {stage}{cached} | {_num(tokens)} | {_num(flops)} | {rec['wall_s']:.0f} s "
-                    f"| {compile_s} | {rec['max_rss_mb'] / 1024:.2f} GB |")
+                    f"| {compile_s} | {first} | {rec['max_rss_mb'] / 1024:.2f} GB |")
     return "\n".join(rows)
 
 
