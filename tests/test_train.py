@@ -2,6 +2,7 @@
 
 import dataclasses
 import glob
+import json
 import os
 import shutil
 import signal
@@ -220,3 +221,18 @@ def test_model_config_rejects_unknown_keys():
     cfg_dict["n_layer"] = 3
     with pytest.raises(ValueError, match="model.n_layer"):
         ModelConfig.from_config(cfg_dict)
+
+
+def test_metrics_writer_mirrors_scalars_to_tensorboard_and_leaves_torch_importable(tmp_path):
+    import sys
+
+    from train.metrics import MetricsWriter
+
+    writer = MetricsWriter(str(tmp_path))
+    writer.write(3, {"loss": 1.25, "note": "text"})
+    writer.close()
+    assert sys.modules.get("torch", "absent") is not None  # never left blocked
+    (record,) = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert (record["step"], record["loss"], record["note"]) == (3, 1.25, "text")
+    events = [p for p in (tmp_path / "tb").iterdir() if "tfevents" in p.name]
+    assert len(events) == 1 and b"train/loss" in events[0].read_bytes()

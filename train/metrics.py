@@ -36,9 +36,7 @@ class MetricsWriter:
         os.makedirs(workdir, exist_ok=True)
         self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"), flush_secs=30)
+            self._tb = _summary_writer()(os.path.join(workdir, "tb"), flush_secs=30)
 
     def write(self, step: int, metrics: dict, prefix: str = "train"):
         if self._file is None:
@@ -64,6 +62,21 @@ class MetricsWriter:
                 except OSError:
                     _abandon(self._tb)
                     raise
+
+
+def _summary_writer():
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch when it
+    is installed (the parity tests install it), only to accept torch tensors, which jaxchat never
+    logs; that import cost every stage process about 1 s before its first step."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 def _abandon(tb):
