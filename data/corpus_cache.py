@@ -20,6 +20,7 @@ entries.
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +147,7 @@ def _read_or_none(read, path: Path):
         return None
     try:
         return read(path)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
         print(f"corpus cache: ignoring unreadable {path} ({type(e).__name__}: {e})")
         return None
 

@@ -108,6 +108,14 @@ def test_damaged_entry_is_rebuilt_and_rewritten(sources, capsys):
     assert calls == 1 and "ignoring unreadable" in capsys.readouterr().out
     assert _fields(again) == _fields(first)
     assert _cached(mixture, tmp / "cache")[2] == 0  # rewritten whole
+    built = []
+    build = lambda: built.append(1) or char_tokens(again)
+    args = (key, again, str(tmp / "tok.model"), tmp / "cache", True)
+    corpus_cache.cached_tokens(build, *args)
+    (npz,) = corpus_cache.folder(tmp / "cache").glob("*.npz")
+    npz.write_bytes(npz.read_bytes()[:200])
+    train, _ = corpus_cache.cached_tokens(build, *args)
+    assert len(built) == 2 and list(train) == list(again.splits)
 
 
 def test_no_write_and_off_switch(sources, monkeypatch):
