@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data import corpus as corpus_lib
 from data import sources
 from data.corpus import Corpus, SourceSplit, validate_mixture
 
@@ -81,8 +82,8 @@ def tokenizer_key(tokenizer_path: str) -> str:
     path, digest = Path(tokenizer_path), hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
-        digest.update(f.relative_to(path).as_posix().encode() + b"\0" if path.is_dir() else b"")
-        digest.update(f.read_bytes())
+        name = f.relative_to(path).as_posix() if path.is_dir() else ""
+        digest.update(name.encode() + b"\0" + f.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -152,16 +153,16 @@ def _read_or_none(read, path: Path):
         return None
 
 
-def cached_corpus(build, mixture, cache_dir, write: bool, **settings):
-    """(corpus, key): build() = load_mixture(mixture, cache_dir, **settings), or its cached
+def cached_corpus(mixture, cache_dir, write: bool, **settings):
+    """(corpus, key): data.corpus.load_mixture(mixture, cache_dir, **settings), or its cached
     copy; key is None when the cache is off."""
     if not enabled():
-        return build(), None
+        return corpus_lib.load_mixture(mixture, cache_dir, **settings), None
     key = corpus_key(mixture, cache_dir, **settings)
     path = folder(cache_dir) / f"{key}.json"
     corpus = _read_or_none(read_corpus, path)
     if corpus is None:
-        corpus = build()
+        corpus = corpus_lib.load_mixture(mixture, cache_dir, **settings)
         if write:
             save_corpus(path, corpus)
     return corpus, key

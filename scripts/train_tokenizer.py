@@ -42,9 +42,7 @@ def main(argv):
     start = time.perf_counter()
     settings = dict(val_fraction=_VAL_FRACTION.value, seed=_SEED.value,
                     max_chars_per_source=_MAX_CHARS.value)
-    data, _ = corpus_cache.cached_corpus(
-        lambda: corpus.load_mixture(mixture, _CACHE_DIR.value, **settings), mixture,
-        _CACHE_DIR.value, True, **settings)
+    data, _ = corpus_cache.cached_corpus(mixture, _CACHE_DIR.value, True, **settings)
     print(f"loaded {len(mixture)} sources in {time.perf_counter() - start:.1f}s "
           f"(cache {sources.resolve_cache_dir(_CACHE_DIR.value)}; dropped "
           f"{data.duplicates_removed} duplicate documents, {data.paragraphs_removed} repeated "

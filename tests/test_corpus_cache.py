@@ -22,25 +22,21 @@ def sources(tmp_path):
     return tmp_path, mixture
 
 
-class Counting:
-    """load_mixture with the same arguments, counting the calls (a hit makes none)."""
-
-    def __init__(self, mixture, **settings):
-        self.mixture, self.settings, self.calls = mixture, settings, 0
-
-    def __call__(self):
-        self.calls += 1
-        return corpus.load_mixture(self.mixture, **self.settings)
-
-
 SETTINGS = dict(val_fraction=0.2, seed=3, max_chars_per_source=None)
 
 
 def _cached(mixture, cache, write=True, **settings):
-    settings = {**SETTINGS, **settings}
-    build = Counting(mixture, **settings)
-    got, key = corpus_cache.cached_corpus(build, mixture, cache, write, **settings)
-    return got, key, build.calls
+    """cached_corpus, counting its calls of load_mixture (a hit makes none)."""
+    settings, calls, real = {**SETTINGS, **settings}, [], corpus.load_mixture
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(corpus, "load_mixture", counting)
+        got, key = corpus_cache.cached_corpus(mixture, cache, write, **settings)
+    return got, key, len(calls)
 
 
 def _fields(c):

@@ -67,9 +67,7 @@ def load_corpus(data, write_cache: bool = True):
     mixture, cache_dir = corpus_lib.parse_mixture(data.mixture), data.cache_dir or None
     settings = dict(val_fraction=data.val_fraction, seed=data.split_seed,
                     max_chars_per_source=data.max_chars_per_source or None)
-    return corpus_cache.cached_corpus(
-        lambda: corpus_lib.load_mixture(mixture, cache_dir=cache_dir, **settings),
-        mixture, cache_dir, write_cache, **settings)
+    return corpus_cache.cached_corpus(mixture, cache_dir, write_cache, **settings)
 
 
 def load_or_train_tokenizer(data, corpus) -> Tokenizer:
