@@ -42,6 +42,18 @@ def _param(init, *names):
     return nn.with_logical_partitioning(init, names)
 
 
+def over_rows(fn, x):
+    """fn applied to x as one [tokens, features] matrix, the leading dims restored after.
+
+    The same numbers as fn(x); why: with x [B, L, D], a projection's weight gradient contracts
+    two dimensions (B and L), and XLA:CPU then lays the output gradient out transposed, in a
+    copy as large as the activation, before the dot (about 30% of an MLP block's backward at
+    20m, docs/performance.md). With one token dimension the backward is two plain matmuls."""
+    lead = x.shape[:-1]
+    y = fn(x.reshape(-1, x.shape[-1]))
+    return y.reshape(*lead, *y.shape[1:])
+
+
 class RMSNorm(nn.Module):
     eps: float
     dtype: jnp.dtype
@@ -78,16 +90,21 @@ class HeadsProj(nn.Module):
             shape, names, eq = (
                 (self.heads, cfg.head_dim, cfg.d_model),
                 (self.heads_name, "head_dim", "embed"),
-                "blnh,nhd->bld",
+                "tnh,nhd->td",
             )
         else:
             shape, names, eq = (
                 (cfg.d_model, self.heads, cfg.head_dim),
                 ("embed", self.heads_name, "head_dim"),
-                "bld,dnh->blnh",
+                "td,dnh->tnh",
             )
-        kernel = self.param("kernel", _param(init, *names), shape)
-        y = jnp.einsum(eq, x.astype(cfg.dtype), kernel.astype(cfg.dtype))
+        kernel = self.param("kernel", _param(init, *names), shape).astype(cfg.dtype)
+        x = x.astype(cfg.dtype)
+        if self.out:  # [B, L, N, H] -> rows of N*H features, back to [B, L, D]
+            y = over_rows(lambda r: jnp.einsum(eq, r.reshape(-1, *shape[:2]), kernel),
+                          x.reshape(*x.shape[:-2], -1))
+        else:
+            y = over_rows(lambda r: jnp.einsum(eq, r, kernel), x)
         if self.bias:  # [N, H] on the way in, [D] on the way out
             axes = slice(2, None) if self.out else slice(1, None)
             bias = self.param("bias", _param(nn.initializers.zeros, *names[axes]), shape[axes])
@@ -138,11 +155,11 @@ class MLP(nn.Module):
         cfg = self.cfg
         dense = functools.partial(nn.Dense, use_bias=False, dtype=cfg.dtype)
         init_in = _param(nn.initializers.lecun_normal(), "embed", "mlp")
-        gate = dense(cfg.d_ff, kernel_init=init_in, name="gate_proj")(x_BxLxD)
-        up = dense(cfg.d_ff, kernel_init=init_in, name="up_proj")(x_BxLxD)
+        gate = over_rows(dense(cfg.d_ff, kernel_init=init_in, name="gate_proj"), x_BxLxD)
+        up = over_rows(dense(cfg.d_ff, kernel_init=init_in, name="up_proj"), x_BxLxD)
         h_BxLxF = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
         init_out = _param(nn.initializers.lecun_normal(), "mlp", "embed")
-        return dense(cfg.d_model, kernel_init=init_out, name="down_proj")(h_BxLxF)
+        return over_rows(dense(cfg.d_model, kernel_init=init_out, name="down_proj"), h_BxLxF)
 
 
 class Block(nn.Module):
@@ -297,17 +314,17 @@ class Transformer(nn.Module):
                 ),
                 bias_init=_param(nn.initializers.zeros, None),
             )
-            return score(x_BxLxD.astype(jnp.float32))[..., 0]
+            return over_rows(score, x_BxLxD.astype(jnp.float32))[..., 0]
         if cfg.tie_embeddings:
-            logits = embed.attend(x_BxLxD)
+            logits = over_rows(embed.attend, x_BxLxD)
         else:
-            logits = nn.Dense(
+            logits = over_rows(nn.Dense(
                 cfg.vocab_size,
                 use_bias=False,
                 dtype=cfg.dtype,
                 name="lm_head",
                 kernel_init=_param(nn.initializers.normal(cfg.d_model**-0.5), "embed", "vocab"),
-            )(x_BxLxD)
+            ), x_BxLxD)
         return nn.with_logical_constraint(
             logits.astype(jnp.float32), ("batch", "length", "act_vocab")
         )
