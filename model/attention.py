@@ -42,11 +42,29 @@ def _llama3_scaling(inv, cfg):
     return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
-def apply_rope(x_BxLxNxH, positions_BxL, inv_freq):
-    """Rotary embedding, rotate-half convention (as Hugging Face Llama), angles in fp32;
-    inv_freq [H/2] from rope_frequencies."""
+def rope_sin_cos(positions_BxL, inv_freq):
+    """(sin, cos) [B, L, 1, H/2] fp32 of the rotary angles, computed once per forward and
+    shared by every layer's queries and keys.
+
+    The table goes through a dot with the identity, which is exact and keeps it one buffer:
+    XLA fuses elementwise producers into their consumers (and sinks them into loops), so a
+    plain sin/cos was recomputed for every head of every layer's q and k and again in their
+    gradients, about a tenth of the tiny PPO update (docs/performance.md). A dot is never
+    fused into an elementwise consumer; an optimization_barrier is dropped by XLA:CPU before
+    fusion.
+    """
     angles_BxLxH2 = positions_BxL[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)
-    sin, cos = jnp.sin(angles_BxLxH2)[:, :, None], jnp.cos(angles_BxLxH2)[:, :, None]
+    b, length, half = angles_BxLxH2.shape
+    table = jnp.concatenate([jnp.sin(angles_BxLxH2), jnp.cos(angles_BxLxH2)], -1)
+    table = jnp.dot(table.reshape(-1, 2 * half), jnp.eye(2 * half, dtype=jnp.float32))
+    table = table.reshape(b, length, 1, 2 * half)
+    return table[..., :half], table[..., half:]
+
+
+def apply_rope(x_BxLxNxH, sin_cos):
+    """Rotary embedding, rotate-half convention (as Hugging Face Llama), in fp32; sin_cos from
+    rope_sin_cos(positions, rope_frequencies(cfg))."""
+    sin, cos = sin_cos
     x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x_BxLxNxH.dtype)

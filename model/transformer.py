@@ -24,6 +24,7 @@ from model.attention import (
     cache_write_read,
     causal_chunked_attention,
     rope_frequencies,
+    rope_sin_cos,
 )
 from model.config import ModelConfig
 
@@ -116,15 +117,13 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD, positions_BxL, segs_BxL, slots_BxL, kv_cache):
+    def __call__(self, x_BxLxD, rope, segs_BxL, slots_BxL, kv_cache):
         cfg = self.cfg
         n, k_heads, bias = cfg.n_heads, cfg.n_kv_heads, cfg.qkv_bias
         q = HeadsProj(cfg, n, "q_heads", bias, name="q_proj")(x_BxLxD)
         k = HeadsProj(cfg, k_heads, "kv_heads", bias, name="k_proj")(x_BxLxD)
         v = HeadsProj(cfg, k_heads, "kv_heads", bias, name="v_proj")(x_BxLxD)
-        inv_freq = rope_frequencies(cfg)
-        q = apply_rope(q, positions_BxL, inv_freq)
-        k = apply_rope(k, positions_BxL, inv_freq)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
         q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "head_dim"))
         # Keys/values head-major [B, K, S, H]: the cache layout, so decoding reads the cache
         # without transposing it every step (docs/performance.md).
@@ -168,11 +167,11 @@ class Block(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD, positions_BxL, segs_BxL, slots_BxL, kv_cache):
+    def __call__(self, x_BxLxD, rope, segs_BxL, slots_BxL, kv_cache):
         cfg = self.cfg
         h = RMSNorm(cfg.norm_eps, cfg.dtype, name="input_layernorm")(x_BxLxD)
         h, kv_cache = Attention(cfg, name="self_attn")(
-            h, positions_BxL, segs_BxL, slots_BxL, kv_cache
+            h, rope, segs_BxL, slots_BxL, kv_cache
         )
         x_BxLxD = x_BxLxD + h
         h = RMSNorm(cfg.norm_eps, cfg.dtype, name="post_attention_layernorm")(x_BxLxD)
@@ -189,9 +188,9 @@ class ScanBlock(nn.Module):
 
     @nn.compact
     def __call__(self, carry, shared, _):
-        positions, segs, slots = shared[:3]
+        rope, segs, slots = shared[:3]
         block = _maybe_remat(Block, self.cfg, scanned=True)(self.cfg, name="block")
-        return block(carry, positions, segs, slots, None)[0], None
+        return block(carry, rope, segs, slots, None)[0], None
 
 
 def _maybe_remat(module_cls, cfg, scanned):
@@ -243,22 +242,24 @@ class Transformer(nn.Module):
         return out, new_cache
 
     def _slots_and_cache(self, positions_BxL, segs_BxL, cache):
-        """Buffer slots are indices in the row (training) or in the KV cache (decoding)."""
+        """Buffer slots are indices in the row (training) or in the KV cache (decoding); the
+        layers share (rope sin/cos, segments, slots, cache segments, cache index)."""
         b, length = segs_BxL.shape
+        rope = rope_sin_cos(positions_BxL, rope_frequencies(self.cfg))
         if cache is None:
             slots_BxL = jnp.broadcast_to(jnp.arange(length), (b, length))
-            return slots_BxL, None, (positions_BxL, segs_BxL, slots_BxL, None, None)
+            return slots_BxL, None, (rope, segs_BxL, slots_BxL, None, None)
         index = cache["index"]
         slots_BxL = jnp.broadcast_to(index + jnp.arange(length), (b, length))
         cache_segs = jax.lax.dynamic_update_slice_in_dim(cache["segment_ids"], segs_BxL, index, 1)
-        shared = (positions_BxL, segs_BxL, slots_BxL, cache_segs, index)
+        shared = (rope, segs_BxL, slots_BxL, cache_segs, index)
         return slots_BxL, (cache["k"], cache["v"]), shared
 
     def _layers(self, x_BxLxD, shared, kv):
         cfg = self.cfg
         if kv is not None:
             return self._decode_layers(x_BxLxD, shared, kv)
-        positions, segs, slots = shared[:3]
+        rope, segs, slots = shared[:3]
         if cfg.scan_layers:
             stack = nn.scan(
                 ScanBlock,
@@ -272,7 +273,7 @@ class Transformer(nn.Module):
             return stack(cfg, name="layers")(x_BxLxD, shared, None)[0], None
         block_cls = _maybe_remat(Block, cfg, scanned=False)
         for i in range(cfg.n_layers):
-            x_BxLxD, _ = block_cls(cfg, name=f"layers_{i}")(x_BxLxD, positions, segs, slots, None)
+            x_BxLxD, _ = block_cls(cfg, name=f"layers_{i}")(x_BxLxD, rope, segs, slots, None)
         return x_BxLxD, None
 
     def _decode_layers(self, x_BxLxD, shared, kv):
@@ -282,7 +283,7 @@ class Transformer(nn.Module):
         loop: XLA does not hoist the slices out of a while loop, and slicing every step copies
         every parameter every step."""
         cfg = self.cfg
-        positions, segs, slots, cache_segs, index = shared
+        rope, segs, slots, cache_segs, index = shared
         if cfg.scan_layers:
             per_layer = unstack_layers(self.variables["params"])["layers"]["per_layer"]
         new_k, new_v = [], []
@@ -297,7 +298,7 @@ class Transformer(nn.Module):
                 block = functools.partial(Block(cfg).apply, {"params": layer_params})
             else:
                 block = Block(cfg, name=f"layers_{i}")
-            x_BxLxD, (k_buf, v_buf) = block(x_BxLxD, positions, segs, slots, layer_kv)
+            x_BxLxD, (k_buf, v_buf) = block(x_BxLxD, rope, segs, slots, layer_kv)
             new_k.append(k_buf)
             new_v.append(v_buf)
         return x_BxLxD, (tuple(new_k), tuple(new_v))

@@ -357,7 +357,9 @@ def test_rope_matches_complex_rotation_and_is_relative():
 
     def rope(x):
         return np.asarray(
-            attention.apply_rope(jnp.broadcast_to(x, (1, n_pos, 1, h)), pos, inv_freq)
+            attention.apply_rope(
+                jnp.broadcast_to(x, (1, n_pos, 1, h)), attention.rope_sin_cos(pos, inv_freq)
+            )
         )[0, :, 0]
 
     rq, rk = rope(q), rope(k)
@@ -453,3 +455,14 @@ def test_mlp_backward_copies_no_activation_into_a_transposed_layout():
     hlo = grad.lower(p, x).compile().as_text()
     transposes = [line for line in hlo.splitlines() if " transpose(" in line]
     assert not transposes, "\n".join(transposes)
+
+
+def test_rope_table_is_exactly_sin_and_cos_of_the_angles():
+    """rope_sin_cos's dot with the identity (there so XLA computes the table once per forward
+    rather than in every layer's rotation) changes no value."""
+    inv_freq = attention.rope_frequencies(_cfg())
+    pos = jnp.asarray(np.arange(3 * 40).reshape(3, 40) * 37 % 1000, jnp.int32)
+    sin, cos = jax.jit(attention.rope_sin_cos, static_argnums=1)(pos, tuple(inv_freq.tolist()))
+    angles = pos[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)
+    np.testing.assert_array_equal(sin[:, :, 0], jnp.sin(angles))
+    np.testing.assert_array_equal(cos[:, :, 0], jnp.cos(angles))
