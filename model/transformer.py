@@ -68,7 +68,8 @@ class RMSNorm(nn.Module):
 
 
 class HeadsProj(nn.Module):
-    """x[B,L,D] @ kernel[D,N,H] (+ bias[N,H]), or back with `out=True`: kernel[N,H,D].
+    """Token rows x[T,D] @ kernel[D,N,H] (+ bias[N,H]) -> [T,N,H], or back with `out=True`:
+    x[B,L,N,H] @ kernel[N,H,D] -> [B,L,D].
 
     A DenseGeneral whose parameters carry logical names on their real (unflattened) shape.
     """
@@ -104,8 +105,8 @@ class HeadsProj(nn.Module):
         if self.out:  # [B, L, N, H] -> rows of N*H features, back to [B, L, D]
             y = over_rows(lambda r: jnp.einsum(eq, r.reshape(-1, *shape[:2]), kernel),
                           x.reshape(*x.shape[:-2], -1))
-        else:
-            y = over_rows(lambda r: jnp.einsum(eq, r, kernel), x)
+        else:  # x: token rows [T, D] (Attention flattens once for q, k and v)
+            y = jnp.einsum(eq, x, kernel)
         if self.bias:  # [N, H] on the way in, [D] on the way out
             axes = slice(2, None) if self.out else slice(1, None)
             bias = self.param("bias", _param(nn.initializers.zeros, *names[axes]), shape[axes])
@@ -120,9 +121,12 @@ class Attention(nn.Module):
     def __call__(self, x_BxLxD, rope, segs_BxL, slots_BxL, kv_cache):
         cfg = self.cfg
         n, k_heads, bias = cfg.n_heads, cfg.n_kv_heads, cfg.qkv_bias
-        q = HeadsProj(cfg, n, "q_heads", bias, name="q_proj")(x_BxLxD)
-        k = HeadsProj(cfg, k_heads, "kv_heads", bias, name="k_proj")(x_BxLxD)
-        v = HeadsProj(cfg, k_heads, "kv_heads", bias, name="v_proj")(x_BxLxD)
+        b, length, d = x_BxLxD.shape
+        rows = x_BxLxD.reshape(b * length, d)  # one reshape for all three (see over_rows)
+        q = HeadsProj(cfg, n, "q_heads", bias, name="q_proj")(rows).reshape(b, length, n, -1)
+        k = HeadsProj(cfg, k_heads, "kv_heads", bias, name="k_proj")(rows)
+        v = HeadsProj(cfg, k_heads, "kv_heads", bias, name="v_proj")(rows)
+        k, v = k.reshape(b, length, k_heads, -1), v.reshape(b, length, k_heads, -1)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "head_dim"))
         # Keys/values head-major [B, K, S, H]: the cache layout, so decoding reads the cache
@@ -154,9 +158,11 @@ class MLP(nn.Module):
         cfg = self.cfg
         dense = functools.partial(nn.Dense, use_bias=False, dtype=cfg.dtype)
         init_in = _param(nn.initializers.lecun_normal(), "embed", "mlp")
-        gate = over_rows(dense(cfg.d_ff, kernel_init=init_in, name="gate_proj"), x_BxLxD)
-        up = over_rows(dense(cfg.d_ff, kernel_init=init_in, name="up_proj"), x_BxLxD)
-        h_BxLxF = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        rows = x_BxLxD.reshape(-1, x_BxLxD.shape[-1])  # one reshape for both (see over_rows)
+        gate = dense(cfg.d_ff, kernel_init=init_in, name="gate_proj")(rows)
+        up = dense(cfg.d_ff, kernel_init=init_in, name="up_proj")(rows)
+        h_BxLxF = (nn.silu(gate) * up).reshape(*x_BxLxD.shape[:-1], cfg.d_ff)
+        h_BxLxF = nn.with_logical_constraint(h_BxLxF, ("batch", "length", "act_mlp"))
         init_out = _param(nn.initializers.lecun_normal(), "mlp", "embed")
         return over_rows(dense(cfg.d_model, kernel_init=init_out, name="down_proj"), h_BxLxF)
 
