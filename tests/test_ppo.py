@@ -10,7 +10,7 @@ test process waiting in `to_host` after a PPO iteration), as it had aborted once
 XLA:CPU's default collective timeout: on 2 loaded cores a device can block the pool's threads
 in one collective while its peer waits for a thread to reach it, an artefact of virtual
 devices. PPO on a sharded mesh is covered by tests/test_multiprocess_stages.py (two real
-processes against one) and its phases by the sharded tests of tests/test_sharding.py.
+processes against one).
 """
 
 import copy
