@@ -3,6 +3,9 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/pipeline/tiny.py
+# glibc's malloc on transparent huge pages: XLA:CPU's per-step temporaries otherwise fault in
+# 4 KiB at a time (train/cli.py child_env, which gives it to every stage and trial process).
+export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: test pipeline lint venv
 

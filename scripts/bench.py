@@ -26,10 +26,12 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 from scripts import bench_jax as bj
 from scripts import bench_print as bp
+from train import cli
 
 _SINK = {"path": "", "results": []}
 
@@ -64,8 +66,18 @@ def paired_ratio(slow: list, fast: list) -> float:
     return statistics.median(s / f for s, f in zip(slow, fast))
 
 
+def as_a_stage_process():
+    """Re-executes this process with the environment of a pipeline stage (train.cli.child_env:
+    glibc's malloc on transparent huge pages) unless it has it already. glibc reads it only at
+    start, and the baselines run in this same process, so they get it too. JAXCHAT_HUGE_PAGES=0
+    measures without it."""
+    env = cli.child_env()
+    if env.get("GLIBC_TUNABLES") != os.environ.get("GLIBC_TUNABLES"):
+        os.execve(sys.executable, sys.orig_argv, env)
+
+
 def thread_info(with_torch: bool) -> dict:
-    info = {}
+    info = {"malloc": os.environ.get("GLIBC_TUNABLES", "glibc defaults")}
     if with_torch:
         from scripts import bench_torch
 
@@ -417,4 +429,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    as_a_stage_process()
     main()

@@ -193,7 +193,7 @@ def _print(res):
 
 def print_vs_trl(res):
     """The table of scripts.bench ppo --trl: both sides per phase, and TRL s / jaxchat s."""
-    from scripts.bench_print import print_table
+    from scripts.bench_print import malloc_rows, print_table
 
     jax_fw, trl_fw = res["frameworks"]["jaxchat"], res["frameworks"]["trl"]
     ratio = res["trl_over_jaxchat"]
@@ -237,4 +237,5 @@ def print_vs_trl(res):
         ),
         ("setup", f"jaxchat {jax_fw['setup_s']:.1f} s | TRL {trl_fw['setup_s']:.1f} s"),
     ]
+    rows += malloc_rows(res)
     print_table(f"PPO iteration vs TRL (medians of {res['repeats']} alternating rounds)", rows)

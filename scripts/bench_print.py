@@ -13,6 +13,11 @@ def print_table(title: str, rows: list[tuple]):
     sys.stdout.flush()
 
 
+def malloc_rows(res) -> list[tuple]:
+    """The allocator setting both sides ran under (scripts/bench.py as_a_stage_process)."""
+    return [("malloc (both sides)", res["malloc"])] if "malloc" in res else []
+
+
 def print_train(res):
     rows = [
         (
@@ -49,6 +54,7 @@ def print_train(res):
     for key in res:
         if key.startswith("jax_over_"):
             rows.append((f"tokens/s ratio jax/{key[9:]}", f"{res[key]:.2f}x"))
+    rows += malloc_rows(res)
     print_table(f"train step ({res['repeats']} alternating repeats x {res['iters']} steps)", rows)
 
 
@@ -95,6 +101,7 @@ def print_sample(res):
             ),
             ("tokens/s ratio jax/HF", f"{res['jax_over_hf']:.2f}x"),
         ]
+    rows += malloc_rows(res)
     print_table(f"sampler ({res['repeats']} alternating repeats)", rows)
 
 

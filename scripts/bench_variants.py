@@ -75,4 +75,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    bench.as_a_stage_process()
     main()

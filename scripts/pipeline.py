@@ -279,7 +279,7 @@ def run_stage(name, cmd) -> dict:
     start, received = time.time(), []
     fd, compile_log = tempfile.mkstemp(prefix=f"jaxchat_{name}_", suffix=".json")
     os.close(fd)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **{compile_cache.LOG_ENV: compile_log})
+    env = cli.child_env(**{compile_cache.LOG_ENV: compile_log})
     # Its own session: a terminal's Ctrl-C reaches the pipeline only, which forwards it once.
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=cli.die_with_parent)
 

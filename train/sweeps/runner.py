@@ -98,7 +98,7 @@ def core_slots(parallel: int) -> list[list[int]]:
 
 
 def trial_env(parallel: int, cores: list[int]) -> dict:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = cli.child_env()
     if parallel > 1:  # several JAX processes on one host: share the cores and the GPU memory
         threads = str(max(len(cores), 1))
         env.update(OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
@@ -117,7 +117,7 @@ def launch(folder: str, cmd: list[str], env: dict | None = None, cores=None):
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
         return subprocess.Popen(cmd, cwd=cli.ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env=env or dict(os.environ), start_new_session=True,
+                                env=env or cli.child_env(), start_new_session=True,
                                 preexec_fn=start)
 
 
