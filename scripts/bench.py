@@ -26,12 +26,15 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
-from scripts import bench_jax as bj
-from scripts import bench_print as bp
 from train import cli
+
+if __name__ == "__main__":  # before jax loads, so the baselines in this process get it too
+    cli.reexec_with_child_env()
+
+from scripts import bench_jax as bj  # noqa: E402
+from scripts import bench_print as bp  # noqa: E402
 
 _SINK = {"path": "", "results": []}
 
@@ -64,16 +67,6 @@ def alternate(runners: dict, repeats: int, iters: int) -> dict:
 def paired_ratio(slow: list, fast: list) -> float:
     """Median over repeats of slow[i] / fast[i] (>1: `fast` is faster)."""
     return statistics.median(s / f for s, f in zip(slow, fast))
-
-
-def as_a_stage_process():
-    """Re-executes this process with the environment of a pipeline stage (train.cli.child_env:
-    glibc's malloc on transparent huge pages) unless it has it already. glibc reads it only at
-    start, and the baselines run in this same process, so they get it too. JAXCHAT_HUGE_PAGES=0
-    measures without it."""
-    env = cli.child_env()
-    if env.get("GLIBC_TUNABLES") != os.environ.get("GLIBC_TUNABLES"):
-        os.execve(sys.executable, sys.orig_argv, env)
 
 
 def thread_info(with_torch: bool) -> dict:
@@ -429,5 +422,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    as_a_stage_process()
     main()

@@ -14,7 +14,7 @@ def print_table(title: str, rows: list[tuple]):
 
 
 def malloc_rows(res) -> list[tuple]:
-    """The allocator setting both sides ran under (scripts/bench.py as_a_stage_process)."""
+    """The allocator setting both sides ran under (train.cli.reexec_with_child_env)."""
     return [("malloc (both sides)", res["malloc"])] if "malloc" in res else []
 
 

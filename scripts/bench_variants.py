@@ -12,8 +12,13 @@ import argparse
 import os
 import statistics
 
-from scripts import bench
-from scripts import bench_jax as bj
+from train import cli
+
+if __name__ == "__main__":  # before jax loads (scripts/bench.py)
+    cli.reexec_with_child_env()
+
+from scripts import bench  # noqa: E402
+from scripts import bench_jax as bj  # noqa: E402
 
 
 def _parse(spec: str) -> tuple[str, dict]:
@@ -75,5 +80,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    bench.as_a_stage_process()
     main()

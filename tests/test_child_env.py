@@ -77,3 +77,28 @@ def test_a_child_faults_fresh_blocks_in_huge_pages():
         assert without > 8 * (64 << 20) // 4096 * 0.9
     assert with_ < without / 8 or _transparent_huge_pages() == "always"
     assert with_ < 8 * (64 << 20) // 4096 / 8
+
+
+def test_the_makefile_exports_the_same_tunable():
+    """make cannot import train.cli, so the Makefile spells the tunable out; keep them equal."""
+    with open(os.path.join(cli.ROOT, "Makefile")) as f:
+        exported = re.search(r"^export GLIBC_TUNABLES \?= (\S+)$", f.read(), re.M)
+    assert exported and exported.group(1) == TUNABLE
+
+
+_REEXEC_PROBE = """
+import sys
+from train import cli
+loaded_before = "jax" in sys.modules
+cli.reexec_with_child_env()
+import os
+print(os.environ.get("GLIBC_TUNABLES"), loaded_before)
+"""
+
+
+def test_a_benchmark_reexecs_itself_with_it_before_jax_loads():
+    env = dict(os.environ, PYTHONPATH=cli.ROOT)
+    env.pop("GLIBC_TUNABLES", None)
+    done = subprocess.run([sys.executable, "-c", _REEXEC_PROBE], env=env, cwd=cli.ROOT,
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [TUNABLE, "False"]

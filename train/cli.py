@@ -75,6 +75,15 @@ def child_env(base=None, **extra) -> dict:
     return env
 
 
+def reexec_with_child_env():
+    """Re-executes this interpreter with child_env() unless it has it already, for entry points
+    that are not launched by the pipeline (the benchmarks: what they measure must run as a
+    stage does). Call it before jax is imported: glibc reads its tunables only at start."""
+    env = child_env()
+    if env.get("GLIBC_TUNABLES") != os.environ.get("GLIBC_TUNABLES"):
+        os.execve(sys.executable, sys.orig_argv, env)
+
+
 def debug_requested(argv=None) -> bool:
     argv = sys.argv if argv is None else argv
     return "--debug" in argv or os.environ.get("JAXCHAT_DEBUG", "") not in ("", "0")
