@@ -1,7 +1,10 @@
 """Cold against warm start of every pipeline stage: the tiny pipeline, cut to a few steps per
 stage, run once with empty compilation and corpus caches and then again, in a new run folder,
 with the caches the first run filled. Prints, per stage, the seconds from the stage's launch to
-its first step's result (compute.json `first_step_s`), its compile time and wall time.
+its first step's result (compute.json `first_step_s`), its compile time and wall time, then
+the start-up costs no cache removes, measured in a fresh process: importing jax and a stage's
+modules, and touching fresh memory (on some virtual machines the first touch of a page costs
+20× a reuse, and every stage process touches its working set once).
 
     python -m scripts.bench_warmstart [--repeats 2] [--keep /tmp/warm]
 
@@ -56,6 +59,7 @@ def main():
             results[kind].append(run_pipeline(workdir, caches))
             print(f"repeat {r + 1}/{args.repeats}: {kind} done", flush=True)
     print_table(results)
+    print_startup_floor()
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -79,6 +83,32 @@ def print_table(results):
               f"| {fmt(cold['compile_s'])} | {fmt(warm['compile_s'])} | {fmt(cold['wall_s'])} "
               f"| {fmt(warm['wall_s'])} |")
     print(f"(medians of {len(results['cold'])} repeats)")
+
+
+_FLOOR = """
+import time
+t = time.perf_counter()
+import jax, flax, optax, orbax.checkpoint, grain  # what every training stage imports
+import train.loop, train.pretrain, train.ppo
+t_import = time.perf_counter() - t
+import numpy as np
+touch = []
+for _ in range(2):  # the second allocation reuses the pages the first one freed
+    t = time.perf_counter()
+    a = np.ones(1 << 28, np.float32)
+    touch.append(time.perf_counter() - t)
+    del a
+print(f"{t_import:.2f} {touch[0]:.3f} {touch[1]:.3f}")
+"""
+
+
+def print_startup_floor():
+    """What a warm start still pays: imports, and the first touch of a stage's memory."""
+    done = subprocess.run([sys.executable, "-c", _FLOOR], cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+    t_import, first, again = map(float, done.stdout.split()[-3:])
+    print(f"fresh process: imports {t_import:.2f} s; 1 GiB of new memory touched in "
+          f"{first:.2f} s the first time, {again:.2f} s reused")
 
 
 if __name__ == "__main__":
