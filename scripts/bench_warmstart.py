@@ -4,7 +4,7 @@ with the caches the first run filled. Prints, per stage, the seconds from the st
 its first step's result (compute.json `first_step_s`), its compile time and wall time, then
 the start-up costs no cache removes, measured in a fresh process: importing jax and a stage's
 modules, and touching fresh memory (on some virtual machines the first touch of a page costs
-20× a reuse, and every stage process touches its working set once).
+about 20× a reuse, and every stage process touches its working set once).
 
     python -m scripts.bench_warmstart [--repeats 2] [--keep /tmp/warm]
 
@@ -88,8 +88,7 @@ def print_table(results):
 _FLOOR = """
 import time
 t = time.perf_counter()
-import jax, flax, optax, orbax.checkpoint, grain  # what every training stage imports
-import train.loop, train.pretrain, train.ppo
+import train.loop, train.pretrain, train.ppo  # jax, flax, optax, orbax, grain with them
 t_import = time.perf_counter() - t
 import numpy as np
 touch = []
@@ -103,9 +102,12 @@ print(f"{t_import:.2f} {touch[0]:.3f} {touch[1]:.3f}")
 
 
 def print_startup_floor():
-    """What a warm start still pays: imports, and the first touch of a stage's memory."""
-    done = subprocess.run([sys.executable, "-c", _FLOOR], cwd=ROOT, capture_output=True,
-                          text=True, check=True)
+    """What a warm start still pays: imports, and the first touch of a stage's memory; in a
+    process with a stage's environment (its malloc settings change how memory is touched)."""
+    from train import cli
+
+    done = subprocess.run([sys.executable, "-c", _FLOOR], cwd=ROOT, env=cli.child_env(),
+                          capture_output=True, text=True, check=True)
     t_import, first, again = map(float, done.stdout.split()[-3:])
     print(f"fresh process: imports {t_import:.2f} s; 1 GiB of new memory touched in "
           f"{first:.2f} s the first time, {again:.2f} s reused")
