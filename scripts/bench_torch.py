@@ -180,9 +180,10 @@ def hf_llama(cfg: ModelConfig, seed: int = 0):
     return LlamaForCausalLM(hf_cfg).eval()
 
 
-def hf_generate_runner(cfg: ModelConfig, prompts, new_tokens: int, seed: int = 0):
-    """Runner of `generate` on the left-padded numpy prompts (tokens, positions, segment_ids)."""
-    model = hf_llama(cfg, seed)
+def hf_generate_runner(cfg: ModelConfig, prompts, new_tokens: int, seed: int = 0, model=None):
+    """Runner of `generate` on the left-padded numpy prompts (tokens, positions, segment_ids);
+    `model`: an hf_llama to run instead of a random one (the tests load jaxchat's weights)."""
+    model = hf_llama(cfg, seed) if model is None else model
     tokens, _, segment_ids = prompts
     input_ids = torch.from_numpy(np.asarray(tokens, np.int64))
     attention_mask = torch.from_numpy((np.asarray(segment_ids) != 0).astype(np.int64))
